@@ -1,0 +1,245 @@
+//! Who listens where. A [`Topology`] names every Envoy and kv-backend of a
+//! cluster and gives each its addresses, for the local cluster (127.0.0.1,
+//! fixed or free ports) and for compose (DNS names on a private network).
+
+use std::net::TcpListener;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+/// What a node does in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+/// A host and port, as Envoy's `socket_address` wants them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub address: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn new(address: impl Into<String>, port: u16) -> Self {
+        Self {
+            address: address.into(),
+            port,
+        }
+    }
+
+    /// `http://address:port`, without a trailing slash.
+    pub fn url(&self) -> String {
+        format!("http://{}:{}", self.address, self.port)
+    }
+}
+
+/// One node: a public Envoy with the filter, and its own kv-backend.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeSpec {
+    /// `primary`, `replica-1`, `replica-2`, ...: log files and data dirs use it.
+    pub name: String,
+    pub role: Role,
+    /// The Envoy cluster name other Envoys use for this node (`replica_1`).
+    pub cluster: String,
+    /// Where this node's Envoy listens.
+    pub listen: Endpoint,
+    /// How other Envoys and clients reach that listener.
+    pub public: Endpoint,
+    pub admin_port: u16,
+    /// Where the kv-backend listens; only this node's Envoy talks to it.
+    pub backend: Endpoint,
+}
+
+/// The load balancer's own addresses.
+#[derive(Debug, Clone, Serialize)]
+pub struct BalancerSpec {
+    pub listen: Endpoint,
+    pub public: Endpoint,
+    pub admin_port: u16,
+}
+
+/// Every process of a cluster and how they reach each other.
+#[derive(Debug, Clone, Serialize)]
+pub struct Topology {
+    pub balancer: BalancerSpec,
+    pub primary: NodeSpec,
+    pub replicas: Vec<NodeSpec>,
+    /// What a replica puts in front of the path in a 307's `Location`.
+    pub primary_url: String,
+    /// Whether Envoys find each other by DNS name (compose, Consul) rather
+    /// than by fixed IP address.
+    pub dns: bool,
+}
+
+/// How the local cluster picks its ports.
+#[derive(Debug, Clone, Copy)]
+pub enum PortPlan {
+    /// The load balancer on `base`, the primary on `base + 1`, replica *i* on
+    /// `base + 1 + i`; Envoy admin ports are 9000 higher and kv-backends 8000
+    /// higher (10000 → 19000 and 18001, ...).
+    Fixed { base: u16 },
+    /// Free ports chosen by the kernel, so that tests can run side by side.
+    Ephemeral,
+}
+
+impl Topology {
+    /// A cluster on 127.0.0.1 with `replicas` replica nodes.
+    pub fn local(replicas: usize, ports: PortPlan) -> Result<Self> {
+        if replicas == 0 {
+            bail!("a cluster needs at least one replica");
+        }
+        let count = replicas + 2;
+        let (public, admin, backend): (Vec<u16>, Vec<u16>, Vec<u16>) = match ports {
+            PortPlan::Fixed { base } => {
+                let offset = |i: usize, extra: u16| -> Result<u16> {
+                    u16::try_from(i)
+                        .ok()
+                        .and_then(|i| base.checked_add(extra)?.checked_add(i))
+                        .context("port numbers run past 65535: choose a lower base port")
+                };
+                (
+                    (0..count).map(|i| offset(i, 0)).collect::<Result<_>>()?,
+                    (0..count).map(|i| offset(i, 9000)).collect::<Result<_>>()?,
+                    (0..count).map(|i| offset(i, 8000)).collect::<Result<_>>()?,
+                )
+            }
+            PortPlan::Ephemeral => {
+                let mut free = free_ports(3 * count)?.into_iter();
+                let mut take = || free.by_ref().take(count).collect::<Vec<_>>();
+                (take(), take(), take())
+            }
+        };
+        let local = |port: u16| Endpoint::new("127.0.0.1", port);
+        let node = |i: usize, role: Role, name: String, cluster: String| NodeSpec {
+            name,
+            role,
+            cluster,
+            listen: local(public[i]),
+            public: local(public[i]),
+            admin_port: admin[i],
+            backend: local(backend[i]),
+        };
+        let primary = node(1, Role::Primary, "primary".into(), "primary".into());
+        let replicas = (1..=replicas)
+            .map(|r| {
+                node(
+                    r + 1,
+                    Role::Replica,
+                    format!("replica-{r}"),
+                    format!("replica_{r}"),
+                )
+            })
+            .collect();
+        Ok(Self {
+            balancer: BalancerSpec {
+                listen: local(public[0]),
+                public: local(public[0]),
+                admin_port: admin[0],
+            },
+            primary_url: primary.public.url(),
+            primary,
+            replicas,
+            dns: false,
+        })
+    }
+
+    /// The same cluster as containers on one private network, each found by its
+    /// service name: `lb`, `primary`, `replica-1`, ... with kv-backends named
+    /// `primary-kv`, `replica-1-kv`, ...
+    pub fn compose(replicas: usize) -> Result<Self> {
+        if replicas == 0 {
+            bail!("a cluster needs at least one replica");
+        }
+        let node = |role: Role, name: String, cluster: String| NodeSpec {
+            listen: Endpoint::new("0.0.0.0", 10000),
+            public: Endpoint::new(name.clone(), 10000),
+            backend: Endpoint::new(format!("{name}-kv"), 8080),
+            admin_port: 9901,
+            name,
+            role,
+            cluster,
+        };
+        let primary = node(Role::Primary, "primary".into(), "primary".into());
+        Ok(Self {
+            balancer: BalancerSpec {
+                listen: Endpoint::new("0.0.0.0", 10000),
+                public: Endpoint::new("lb", 10000),
+                admin_port: 9901,
+            },
+            primary_url: primary.public.url(),
+            primary,
+            replicas: (1..=replicas)
+                .map(|r| {
+                    node(
+                        Role::Replica,
+                        format!("replica-{r}"),
+                        format!("replica_{r}"),
+                    )
+                })
+                .collect(),
+            dns: true,
+        })
+    }
+
+    /// The primary first, then the replicas.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeSpec> {
+        std::iter::once(&self.primary).chain(&self.replicas)
+    }
+}
+
+/// Asks the kernel for `count` distinct free ports on 127.0.0.1. They are free
+/// when this returns; a process started right after will almost always get them.
+fn free_ports(count: usize) -> Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("binding a free port on 127.0.0.1")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_ports_follow_the_readme() {
+        let t = Topology::local(2, PortPlan::Fixed { base: 10000 }).unwrap();
+        assert_eq!(t.balancer.listen.port, 10000);
+        assert_eq!(t.balancer.admin_port, 19000);
+        assert_eq!(t.primary.listen.port, 10001);
+        assert_eq!(t.primary.backend.port, 18001);
+        assert_eq!(t.replicas[0].listen.port, 10002);
+        assert_eq!(t.replicas[1].listen.port, 10003);
+        assert_eq!(t.replicas[1].cluster, "replica_2");
+        assert_eq!(t.primary_url, "http://127.0.0.1:10001");
+    }
+
+    #[test]
+    fn ephemeral_ports_are_all_distinct() {
+        let t = Topology::local(3, PortPlan::Ephemeral).unwrap();
+        let mut ports: Vec<u16> = vec![t.balancer.listen.port, t.balancer.admin_port];
+        for n in t.nodes() {
+            ports.extend([n.listen.port, n.admin_port, n.backend.port]);
+        }
+        let count = ports.len();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), count);
+    }
+
+    #[test]
+    fn a_base_port_too_high_is_refused() {
+        assert!(Topology::local(1, PortPlan::Fixed { base: 60000 }).is_err());
+    }
+
+    #[test]
+    fn a_cluster_without_replicas_is_refused() {
+        assert!(Topology::local(0, PortPlan::Ephemeral).is_err());
+    }
+}
