@@ -14,6 +14,8 @@ CHECK_SECRET = replikv-check-secret-0123456789
 
 .PHONY: up build build-wasm envoy test lint fmt-check clippy unit validate e2e clean
 
+include mk/compose.mk
+
 up: build envoy
 	exec target/release/replikv-up $(UP_ARGS)
 
