@@ -1,0 +1,369 @@
+//! The writer: the one thread that changes the store, with group commit.
+//!
+//! Handlers queue [`Job`]s. The writer takes every job waiting (up to
+//! [`MAX_BATCH`]), validates them in order against its own copy of the data
+//! (committed state plus the effects of earlier jobs of the same batch), writes
+//! all effects, the log records and the new seq in ONE redb transaction,
+//! commits it durably (fsync), then publishes the effects to the readers' view
+//! and only then answers each job. If the commit fails, nothing is published,
+//! every job of the batch gets 500 and the writer's copy is reset from the view.
+//!
+//! It runs on a plain thread because redb's commit blocks on fsync.
+
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, Durability, ReadableTable, Table};
+use tokio::sync::oneshot;
+
+use crate::apply::{plan_client, plan_shadow, Origin, WriteOp};
+use crate::config::{Config, DEFAULT_MAX_BATCH};
+use crate::error::{Error, Result};
+use crate::replication::{decide, Decision, LogRecord};
+use crate::store::{Data, ENTRIES, LOG, META_STR, META_U64};
+use crate::zone::{Effect, Zone, ZoneConfig, ZoneId};
+
+/// How often the writer looks for expired entries to purge.
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most jobs one commit takes.
+pub const MAX_BATCH: usize = DEFAULT_MAX_BATCH;
+
+/// A queued write and where to send its answer.
+pub struct Job {
+    /// The write.
+    pub op: WriteOp,
+    /// Its answer, sent once the batch is durable (or refused).
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// The answer to one write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// What happened.
+    pub result: Result<Applied>,
+    /// The history id right after this write.
+    pub history: String,
+    /// The applied seq right after this write.
+    pub seq: u64,
+}
+
+/// A successful write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Applied and durable as `seq`.
+    Written { seq: u64, applied_at: u64 },
+    /// A shadow write already applied before: nothing changed.
+    Duplicate,
+    /// Expired entries removed.
+    Purged,
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// One job of a batch; housekeeping jobs have no one to answer.
+struct Pending {
+    op: WriteOp,
+    reply: Option<oneshot::Sender<Reply>>,
+}
+
+/// Owns the database and the writer's copy of the data.
+pub(crate) struct Writer {
+    db: Database,
+    /// Committed data plus the effects of the batch in progress.
+    data: Data,
+    view: Arc<RwLock<Data>>,
+    configs: HashMap<ZoneId, ZoneConfig>,
+    jobs: mpsc::Receiver<Job>,
+    max_batch: usize,
+    log_capacity: u64,
+}
+
+/// The tables one batch writes.
+struct Tables<'t> {
+    entries: Table<'t, (&'static str, &'static str), (Option<u64>, &'static str)>,
+    log: Table<'t, u64, &'static [u8]>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        db: Database,
+        data: Data,
+        view: Arc<RwLock<Data>>,
+        config: &Config,
+        jobs: mpsc::Receiver<Job>,
+    ) -> Writer {
+        Writer {
+            db,
+            data,
+            view,
+            configs: config
+                .zones
+                .iter()
+                .map(|z| (z.id.clone(), z.clone()))
+                .collect(),
+            jobs,
+            max_batch: if config.group_commit { MAX_BATCH } else { 1 },
+            log_capacity: config.log_capacity,
+        }
+    }
+
+    /// Serves jobs until every sender is gone.
+    pub(crate) fn run(mut self) {
+        let mut last_purge = Instant::now();
+        loop {
+            let first = match self.jobs.recv_timeout(PURGE_INTERVAL) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            if let Some(first) = first {
+                let mut batch = vec![Pending::from(first)];
+                while batch.len() < self.max_batch {
+                    match self.jobs.try_recv() {
+                        Ok(job) => batch.push(Pending::from(job)),
+                        Err(_) => break,
+                    }
+                }
+                self.commit(batch);
+            }
+            if last_purge.elapsed() >= PURGE_INTERVAL {
+                last_purge = Instant::now();
+                let now = now_ms();
+                if self
+                    .data
+                    .zones
+                    .values()
+                    .any(|z| z.entries().values().any(|e| !e.is_live(now)))
+                {
+                    self.commit(vec![Pending {
+                        op: WriteOp::Purge,
+                        reply: None,
+                    }]);
+                }
+            }
+        }
+        tracing::debug!("writer stopped");
+    }
+
+    /// Applies a batch in one durable transaction, publishes it, answers it.
+    fn commit(&mut self, batch: Vec<Pending>) {
+        let now = now_ms();
+        let mut published: Vec<(ZoneId, Vec<Effect>)> = Vec::new();
+        match self.apply_batch(&batch, now, &mut published) {
+            Ok(outcomes) => {
+                {
+                    let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
+                    for (zone, effects) in &published {
+                        view.zones.entry(zone.clone()).or_default().apply(effects);
+                    }
+                    view.meta = self.data.meta.clone();
+                }
+                for (pending, reply) in batch.into_iter().zip(outcomes) {
+                    if let Some(answer) = pending.reply {
+                        // The client may have gone away; its write stands regardless.
+                        let _ = answer.send(reply);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, jobs = batch.len(), "commit failed; the batch is refused");
+                self.data = self
+                    .view
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                for pending in batch {
+                    if let Some(answer) = pending.reply {
+                        let _ = answer.send(Reply {
+                            result: Err(Error::Storage),
+                            history: self.data.meta.history.clone(),
+                            seq: self.data.meta.seq,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_batch(
+        &mut self,
+        batch: &[Pending],
+        now: u64,
+        published: &mut Vec<(ZoneId, Vec<Effect>)>,
+    ) -> Result<Vec<Reply>, redb::Error> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate);
+        let before = self.data.meta.clone();
+        let mut replies = Vec::with_capacity(batch.len());
+        {
+            let mut tables = Tables {
+                entries: txn.open_table(ENTRIES)?,
+                log: txn.open_table(LOG)?,
+            };
+            for pending in batch {
+                let result = self.apply_one(&pending.op, now, &mut tables, published)?;
+                replies.push(Reply {
+                    result,
+                    history: self.data.meta.history.clone(),
+                    seq: self.data.meta.seq,
+                });
+            }
+            let meta = &self.data.meta;
+            if meta.seq != before.seq || meta.applied_at != before.applied_at {
+                let mut counters = txn.open_table(META_U64)?;
+                counters.insert("seq", meta.seq)?;
+                counters.insert("applied_at", meta.applied_at)?;
+            }
+            if meta.history != before.history {
+                txn.open_table(META_STR)?
+                    .insert("history", meta.history.as_str())?;
+            }
+        }
+        if published.is_empty() && self.data.meta == before {
+            // Only refusals and duplicates: nothing to make durable.
+            txn.abort()?;
+        } else {
+            txn.commit()?;
+        }
+        Ok(replies)
+    }
+
+    /// Validates and applies one job to the writer's copy and the transaction.
+    /// The outer error is a storage failure (the batch fails); the inner one is
+    /// this job's refusal (the batch goes on).
+    fn apply_one(
+        &mut self,
+        op: &WriteOp,
+        now: u64,
+        tables: &mut Tables<'_>,
+        published: &mut Vec<(ZoneId, Vec<Effect>)>,
+    ) -> Result<Result<Applied>, redb::Error> {
+        let (zone, kind, origin) = match op {
+            WriteOp::Purge => {
+                for (id, zone) in &mut self.data.zones {
+                    let effects: Vec<Effect> = zone
+                        .expired_keys(now)
+                        .into_iter()
+                        .map(|key| Effect::Remove { key })
+                        .collect();
+                    if !effects.is_empty() {
+                        write_effects(&mut tables.entries, id, zone, &effects)?;
+                        zone.apply(&effects);
+                        published.push((id.clone(), effects));
+                    }
+                }
+                return Ok(Ok(Applied::Purged));
+            }
+            WriteOp::Zone { zone, kind, origin } => (zone, kind, origin),
+        };
+        let Some(config) = self.configs.get(zone) else {
+            return Ok(Err(Error::ZoneNotFound(zone.name.clone())));
+        };
+        let current = self.data.zones.entry(zone.clone()).or_default();
+        let meta = &mut self.data.meta;
+        let (effects, seq, applied_at) = match origin {
+            Origin::Client => {
+                let applied_at = now.max(meta.applied_at);
+                match plan_client(config, current, kind, applied_at) {
+                    Ok(effects) => (effects, meta.seq + 1, applied_at),
+                    Err(refused) => return Ok(Err(refused)),
+                }
+            }
+            Origin::Shadow(shadow) => match decide(&meta.history, meta.seq, shadow) {
+                Ok(Decision::Duplicate) => return Ok(Ok(Applied::Duplicate)),
+                Err(refused) => return Ok(Err(refused)),
+                Ok(Decision::Apply { adopt }) => {
+                    if adopt {
+                        meta.history = shadow.history.clone();
+                    }
+                    let effects = plan_shadow(config, kind, shadow.applied_at);
+                    (effects, shadow.seq, shadow.applied_at)
+                }
+            },
+        };
+        write_effects(&mut tables.entries, zone, current, &effects)?;
+        current.apply(&effects);
+        meta.seq = seq;
+        meta.applied_at = meta.applied_at.max(applied_at);
+        if self.log_capacity > 0 {
+            let record = LogRecord {
+                applied_at,
+                zone: zone.clone(),
+                effects: effects.clone(),
+            };
+            let bytes = serde_json::to_vec(&record)
+                .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
+            tables.log.insert(seq, bytes.as_slice())?;
+            meta.log_len += 1;
+            if meta.log_first == 0 {
+                meta.log_first = seq;
+            }
+            while meta.log_len > self.log_capacity {
+                if tables.log.pop_first()?.is_none() {
+                    break;
+                }
+                meta.log_len -= 1;
+            }
+            meta.log_first = tables.log.first()?.map(|(k, _)| k.value()).unwrap_or(0);
+        }
+        published.push((zone.clone(), effects));
+        Ok(Ok(Applied::Written { seq, applied_at }))
+    }
+}
+
+impl From<Job> for Pending {
+    fn from(job: Job) -> Pending {
+        Pending {
+            op: job.op,
+            reply: Some(job.reply),
+        }
+    }
+}
+
+/// Writes effects on `zone` (as it is before them) into the entries table.
+fn write_effects(
+    entries: &mut Table<'_, (&'static str, &'static str), (Option<u64>, &'static str)>,
+    id: &ZoneId,
+    zone: &Zone,
+    effects: &[Effect],
+) -> Result<(), redb::Error> {
+    let zone_key = id.storage_key();
+    let mut cleared: Vec<&str> = Vec::new();
+    for effect in effects {
+        match effect {
+            Effect::Put {
+                key,
+                value,
+                expires_at,
+            } => {
+                entries.insert(
+                    (zone_key.as_str(), key.as_str()),
+                    (*expires_at, value.as_str()),
+                )?;
+            }
+            Effect::Remove { key } => {
+                entries.remove((zone_key.as_str(), key.as_str()))?;
+            }
+            Effect::Clear => {
+                cleared.extend(zone.entries().keys().map(String::as_str));
+                for effect in effects {
+                    if let Effect::Put { key, .. } = effect {
+                        cleared.push(key);
+                    }
+                }
+                for key in cleared.drain(..) {
+                    entries.remove((zone_key.as_str(), key))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
