@@ -1,0 +1,8 @@
+//! In-process tests of the HTTP interface through `app()`: the NGINX keyval
+//! conformance checklist, bad input, and shadow writes. One binary, one
+//! module per concern; `helpers` has the `TestApp` they all drive.
+
+mod bad_input;
+mod conformance;
+mod helpers;
+mod replication;
