@@ -37,6 +37,26 @@ pub(crate) const META_STR: TableDefinition<&str, &str> = TableDefinition::new("m
 /// The replication log: seq → JSON [`replication::LogRecord`].
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 
+/// A redb failure, boxed because `redb::Error` is large and travels through
+/// every step of a batch. It never reaches a client: the writer logs it once
+/// and answers the batch with [`Error::Storage`].
+#[derive(Debug)]
+pub(crate) struct StorageError(Box<redb::Error>);
+
+impl<E: Into<redb::Error>> From<E> for StorageError {
+    fn from(error: E) -> StorageError {
+        StorageError(Box::new(error.into()))
+    }
+}
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for StorageError {}
+
 /// Replication state, stored in redb and mirrored in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
@@ -177,7 +197,7 @@ fn storage_error(path: &Path, error: impl Into<redb::Error>) -> io::Error {
 /// Creates missing tables and the history id, trims the log to capacity, and
 /// reads everything into memory. Rows of zones no longer configured stay on
 /// disk untouched and are not served.
-fn load(db: &Database, config: &Config) -> Result<Data, redb::Error> {
+fn load(db: &Database, config: &Config) -> Result<Data, StorageError> {
     let txn = db.begin_write()?;
     {
         let mut meta_str = txn.open_table(META_STR)?;

@@ -21,7 +21,7 @@ use crate::apply::{plan_client, plan_shadow, Origin, WriteOp};
 use crate::config::{Config, DEFAULT_MAX_BATCH};
 use crate::error::{Error, Result};
 use crate::replication::{decide, Decision, LogRecord};
-use crate::store::{Data, ENTRIES, LOG, META_STR, META_U64};
+use crate::store::{Data, StorageError, ENTRIES, LOG, META_STR, META_U64};
 use crate::zone::{Effect, Zone, ZoneConfig, ZoneId};
 
 /// How often the writer looks for expired entries to purge.
@@ -198,7 +198,7 @@ impl Writer {
         batch: &[Pending],
         now: u64,
         published: &mut Vec<(ZoneId, Vec<Effect>)>,
-    ) -> Result<Vec<Reply>, redb::Error> {
+    ) -> Result<Vec<Reply>, StorageError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate);
         let before = self.data.meta.clone();
@@ -245,7 +245,7 @@ impl Writer {
         now: u64,
         tables: &mut Tables<'_>,
         published: &mut Vec<(ZoneId, Vec<Effect>)>,
-    ) -> Result<Result<Applied>, redb::Error> {
+    ) -> Result<Result<Applied>, StorageError> {
         let (zone, kind, origin) = match op {
             WriteOp::Purge => {
                 for (id, zone) in &mut self.data.zones {
@@ -334,7 +334,7 @@ fn write_effects(
     id: &ZoneId,
     zone: &Zone,
     effects: &[Effect],
-) -> Result<(), redb::Error> {
+) -> Result<(), StorageError> {
     let zone_key = id.storage_key();
     let mut cleared: Vec<&str> = Vec::new();
     for effect in effects {
