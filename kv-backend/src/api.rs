@@ -336,6 +336,7 @@ pub async fn status(State(state): State<AppState>) -> Response {
         history: String,
         seq: u64,
         applied_at: u64,
+        commits: u64,
         log: Log,
         zones: BTreeMap<String, ZoneStatus>,
     }
@@ -358,6 +359,7 @@ pub async fn status(State(state): State<AppState>) -> Response {
         history: data.meta.history.clone(),
         seq: data.meta.seq,
         applied_at: data.meta.applied_at,
+        commits: data.commits,
         log: Log {
             first_seq: data.meta.log_first,
             records: data.meta.log_len,

@@ -79,6 +79,9 @@ pub struct Data {
     pub zones: HashMap<ZoneId, Zone>,
     /// Replication state.
     pub meta: Meta,
+    /// Durable commits since startup (not stored): with group commit, fewer
+    /// than the writes they carried.
+    pub commits: u64,
 }
 
 /// A handle on the store; clones share one writer and one view.
@@ -197,7 +200,7 @@ fn storage_error(path: &Path, error: impl Into<redb::Error>) -> io::Error {
 /// Creates missing tables and the history id, trims the log to capacity, and
 /// reads everything into memory. Rows of zones no longer configured stay on
 /// disk untouched and are not served.
-fn load(db: &Database, config: &Config) -> Result<Data, StorageError> {
+pub(crate) fn load(db: &Database, config: &Config) -> Result<Data, StorageError> {
     let txn = db.begin_write()?;
     {
         let mut meta_str = txn.open_table(META_STR)?;
@@ -261,7 +264,11 @@ fn load(db: &Database, config: &Config) -> Result<Data, StorageError> {
             "rows of zones that are not configured are kept on disk but not served"
         );
     }
-    Ok(Data { zones, meta })
+    Ok(Data {
+        zones,
+        meta,
+        commits: 0,
+    })
 }
 
 #[cfg(test)]
@@ -371,5 +378,32 @@ mod tests {
         let store = Store::open(&config).unwrap();
         let value = store.read(|d| d.zones[&ZoneId::http("one")].get_live("k", 0).cloned());
         assert_eq!(value.map(|e| e.value).as_deref(), Some("v"));
+    }
+
+    /// Expired entries leave memory and disk within about a purge interval.
+    #[tokio::test]
+    async fn expired_entries_are_purged_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = crate::config::parse_zone_spec("short:1m:timeout=100ms").unwrap();
+        let config = Config::new(dir.path()).with_zone(short);
+        let store = Store::open(&config).unwrap();
+        let op = WriteOp::Zone {
+            zone: ZoneId::http("short"),
+            kind: WriteKind::Post(vec![("k".into(), ValueSpec::plain("v"))]),
+            origin: Origin::Client,
+        };
+        store.write(op).await.result.unwrap();
+        let stored =
+            |store: &Store| store.read(|d| d.zones[&ZoneId::http("short")].entries().len());
+        assert_eq!(stored(&store), 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while stored(&store) > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(stored(&store), 0, "purged from memory");
+        assert_eq!(store.read(|d| d.meta.seq), 1, "a purge takes no seq");
+        drop(store);
+        let store = Store::open(&config).unwrap();
+        assert_eq!(stored(&store), 0, "purged from disk");
     }
 }

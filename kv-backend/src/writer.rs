@@ -165,6 +165,7 @@ impl Writer {
                         view.zones.entry(zone.clone()).or_default().apply(effects);
                     }
                     view.meta = self.data.meta.clone();
+                    view.commits = self.data.commits;
                 }
                 for (pending, reply) in batch.into_iter().zip(outcomes) {
                     if let Some(answer) = pending.reply {
@@ -232,6 +233,7 @@ impl Writer {
             txn.abort()?;
         } else {
             txn.commit()?;
+            self.data.commits += 1;
         }
         Ok(replies)
     }
@@ -366,4 +368,86 @@ fn write_effects(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::WriteKind;
+    use crate::request::ValueSpec;
+    use crate::store::load;
+    use redb::backends::InMemoryBackend;
+
+    fn post(key: &str) -> WriteOp {
+        WriteOp::Zone {
+            zone: ZoneId::http("default"),
+            kind: WriteKind::Post(vec![(key.into(), ValueSpec::plain("v"))]),
+            origin: Origin::Client,
+        }
+    }
+
+    /// Queues `ops` before the writer starts, runs it to the end, and returns
+    /// the replies and the number of commits it made.
+    fn run_queued(group_commit: bool, ops: Vec<WriteOp>) -> (Vec<Reply>, u64) {
+        let mut config = Config::new("unused-in-memory");
+        config.group_commit = group_commit;
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap();
+        let data = load(&db, &config).unwrap();
+        let view = Arc::new(RwLock::new(data.clone()));
+        let (queue, jobs) = mpsc::channel();
+        let answers: Vec<_> = ops
+            .into_iter()
+            .map(|op| {
+                let (reply, answer) = oneshot::channel();
+                queue.send(Job { op, reply }).unwrap();
+                answer
+            })
+            .collect();
+        drop(queue);
+        Writer::new(db, data, Arc::clone(&view), &config, jobs).run();
+        let replies = answers
+            .into_iter()
+            .map(|mut answer| answer.try_recv().unwrap())
+            .collect();
+        let commits = view.read().unwrap().commits;
+        (replies, commits)
+    }
+
+    /// Writes waiting together share one commit, each validated against the
+    /// ones before it in the batch.
+    #[test]
+    fn queued_writes_share_one_commit_and_see_each_other() {
+        let ops = vec![post("a"), post("b"), post("a"), post("c")];
+        let (replies, commits) = run_queued(true, ops);
+        assert_eq!(commits, 1);
+        let results: Vec<_> = replies.iter().map(|r| r.result.clone()).collect();
+        assert!(matches!(results[0], Ok(Applied::Written { seq: 1, .. })));
+        assert!(matches!(results[1], Ok(Applied::Written { seq: 2, .. })));
+        assert_eq!(results[2], Err(Error::KeyExists("a".into())));
+        assert!(matches!(results[3], Ok(Applied::Written { seq: 3, .. })));
+        assert_eq!(replies[2].seq, 2);
+    }
+
+    /// `--no-group-commit`: one commit per write.
+    #[test]
+    fn without_group_commit_every_write_commits_alone() {
+        let (replies, commits) = run_queued(false, vec![post("a"), post("b"), post("c")]);
+        assert_eq!(commits, 3);
+        assert!(replies.iter().all(|r| r.result.is_ok()));
+    }
+
+    /// A batch of refusals only commits nothing.
+    #[test]
+    fn a_batch_of_refusals_commits_nothing() {
+        let bad = WriteOp::Zone {
+            zone: ZoneId::http("nozone"),
+            kind: WriteKind::Clear,
+            origin: Origin::Client,
+        };
+        let (replies, commits) = run_queued(true, vec![bad]);
+        assert_eq!(commits, 0);
+        assert_eq!(replies[0].result, Err(Error::ZoneNotFound("nozone".into())));
+    }
 }
