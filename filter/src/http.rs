@@ -287,6 +287,8 @@ impl HttpContext for Http {
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         if matches!(self.state, State::Verify { .. }) {
+            // The body is complete and still buffered; the host clamps the
+            // length to what the buffer holds.
             let body = request_body(usize::MAX);
             return self.finish_verify(&body);
         }
