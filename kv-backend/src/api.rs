@@ -237,7 +237,7 @@ async fn decode(state: &AppState, method: &Method, request: Request) -> Result<W
 
 /// Reads a body of at most `limit` bytes: a declared larger length is refused
 /// before reading anything, and the streaming read stops at the limit.
-async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes> {
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes> {
     if let Some(length) = headers.get(CONTENT_LENGTH) {
         let length = length
             .to_str()
@@ -294,7 +294,7 @@ fn client_response(reply: Reply, method: &Method) -> Response {
 }
 
 /// Like a client answer, 200 for a duplicate; every answer says where this node is.
-fn shadow_response(reply: Reply, method: &Method) -> Response {
+pub(crate) fn shadow_response(reply: Reply, method: &Method) -> Response {
     let (mut response, applied_at) = match reply.result {
         Ok(Applied::Written { applied_at, .. }) => {
             (success_status(method).into_response(), Some(applied_at))
@@ -386,7 +386,7 @@ pub async fn status(State(state): State<AppState>) -> Response {
 }
 
 /// A 200 JSON answer.
-fn json(value: &impl Serialize) -> Response {
+pub(crate) fn json(value: &impl Serialize) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => (
             [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],

@@ -37,6 +37,10 @@ pub enum WriteOp {
         kind: WriteKind,
         origin: Origin,
     },
+    /// Catch-up: apply the log entries after this node's applied seq, in order.
+    Replay(crate::replication::LogBatch),
+    /// Catch-up: replace all data, the history and the applied seq.
+    Restore(crate::replication::Snapshot),
     /// Housekeeping: remove entries expired at the moment the writer runs it.
     /// Not a replicated write: it gets no seq, since every node computes the
     /// same expiry instants.

@@ -83,6 +83,12 @@ pub enum Error {
     /// The `x-replication-*` headers of a shadow write are missing or malformed.
     #[error("invalid replication header \"{0}\"")]
     ReplicationHeader(&'static str),
+    /// A catch-up request (log batch, snapshot, `after`/`limit`) is malformed.
+    #[error("{0}")]
+    Catchup(&'static str),
+    /// The log no longer reaches back to the entry after `after`.
+    #[error("replication log starts at seq {first}, entries after {after} are gone")]
+    LogTruncated { after: u64, first: u64 },
     /// The durable store failed; the write was not applied.
     #[error("internal storage error")]
     Storage,
@@ -106,10 +112,12 @@ impl Error {
             Error::KeyExists(_)
             | Error::ReplicationGap { .. }
             | Error::ReplicationHistoryMismatch { .. } => StatusCode::CONFLICT,
-            Error::Format(_) | Error::BodyRead | Error::ReplicationHeader(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Error::Format(_)
+            | Error::BodyRead
+            | Error::ReplicationHeader(_)
+            | Error::Catchup(_) => StatusCode::BAD_REQUEST,
             Error::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::LogTruncated { .. } => StatusCode::GONE,
             Error::ZoneFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::Storage => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -132,6 +140,8 @@ impl Error {
             Error::ReplicationGap { .. } => "ReplicationGap",
             Error::ReplicationHistoryMismatch { .. } => "ReplicationHistoryMismatch",
             Error::ReplicationHeader(_) => "ReplicationHeaderInvalid",
+            Error::Catchup(_) => "ReplicationFormatError",
+            Error::LogTruncated { .. } => "ReplicationLogTruncated",
             Error::Storage => "InternalError",
             Error::Unavailable => "ServiceUnavailable",
         }

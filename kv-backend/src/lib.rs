@@ -14,6 +14,9 @@
 //! - `DELETE /api/{v}/http/keyvals/{zone}`: empty the zone (204).
 //! - The same under `/api/{v}/stream/keyvals/` for stream zones (`--zone stream:NAME:SIZE`).
 //! - `GET /replikv/status`: history id, seq, replication log and zone counts.
+//! - `GET /replikv/log?after=N[&limit=M]`, `GET /replikv/snapshot`: catch-up
+//!   sources; `POST /replikv/apply`, `PUT /replikv/snapshot`: catch-up on a
+//!   replica (with the shadow-write headers).
 //!
 //! Successful writes carry `x-replikv-history`, `x-replikv-seq` and
 //! `x-replikv-applied-at`; a write with `x-replication-seq` is a shadow write
@@ -26,6 +29,7 @@
 //! - [`request`]: pure decoding of bodies and the `key` argument.
 //! - [`apply`]: write operations and the rules that turn them into effects.
 //! - [`replication`]: history id, shadow-write headers and apply rule, log records.
+//! - [`catchup`]: the catch-up endpoints (log, apply, snapshot).
 //! - [`store`]: the redb tables, loading at startup, the [`Store`] handle and its in-memory view.
 //! - [`writer`]: the single writer thread with group commit.
 //! - [`api`]: the HTTP handlers.
@@ -34,6 +38,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod catchup;
 pub mod config;
 pub mod error;
 pub mod replication;

@@ -2,11 +2,13 @@
 //! a shadow write, the rule that decides whether one is applied, and the
 //! record of an applied write kept in the durable log.
 
+use std::collections::BTreeMap;
+
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::zone::{Effect, ZoneId};
+use crate::zone::{Effect, Entry, ZoneId};
 
 /// Response header: this node's history id.
 pub const HISTORY: &str = "x-replikv-history";
@@ -129,6 +131,40 @@ pub struct LogRecord {
     pub zone: ZoneId,
     /// What the write did.
     pub effects: Vec<Effect>,
+}
+
+/// A log record with its seq, as `GET /replikv/log` serves it and
+/// `POST /replikv/apply` takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The write's seq.
+    pub seq: u64,
+    /// What it did.
+    #[serde(flatten)]
+    pub record: LogRecord,
+}
+
+/// A run of consecutive log entries of one history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogBatch {
+    /// The history the seqs count in.
+    pub history: String,
+    /// Entries in seq order.
+    pub entries: Vec<LogEntry>,
+}
+
+/// Every zone's live entries (with their expiry instants) at one seq, as
+/// `GET /replikv/snapshot` serves it and `PUT /replikv/snapshot` takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The history the seq counts in.
+    pub history: String,
+    /// The last write the snapshot contains.
+    pub seq: u64,
+    /// When that write was applied.
+    pub applied_at: u64,
+    /// Zone (`NAME` or `stream:NAME`) → key → entry.
+    pub zones: BTreeMap<String, BTreeMap<String, Entry>>,
 }
 
 #[cfg(test)]

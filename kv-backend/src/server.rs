@@ -11,11 +11,12 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::api;
+use crate::catchup;
 use crate::config::Config;
 use crate::error::Error;
 use crate::replication;
@@ -30,6 +31,9 @@ pub struct AppState {
     pub max_body: u64,
     /// Capacity of the replication log (reported by the status endpoint).
     pub log_capacity: u64,
+    /// Largest accepted catch-up body (a log batch or a snapshot): room for
+    /// every zone's content twice over, and never less than `max_body`.
+    pub catchup_max_body: u64,
 }
 
 impl AppState {
@@ -39,6 +43,13 @@ impl AppState {
             store,
             max_body: config.max_body,
             log_capacity: config.log_capacity,
+            catchup_max_body: config
+                .zones
+                .iter()
+                .fold(1 << 20, |sum: u64, z| {
+                    sum.saturating_add(z.size.saturating_mul(2))
+                })
+                .max(config.max_body),
         }
     }
 }
@@ -52,6 +63,20 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/replikv/status",
             get(api::status).fallback(api::method_disabled),
+        )
+        .route(
+            "/replikv/log",
+            get(catchup::log).fallback(api::method_disabled),
+        )
+        .route(
+            "/replikv/apply",
+            post(catchup::apply).fallback(api::method_disabled),
+        )
+        .route(
+            "/replikv/snapshot",
+            get(catchup::snapshot)
+                .put(catchup::restore)
+                .fallback(api::method_disabled),
         )
         .fallback(api::path_not_found)
         .layer(middleware::from_fn(render_errors))

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use crate::apply::{plan_client, plan_shadow, Origin, WriteOp};
 use crate::config::{Config, DEFAULT_MAX_BATCH};
 use crate::error::{Error, Result};
-use crate::replication::{decide, Decision, LogRecord};
+use crate::replication::{decide, Decision, LogBatch, LogEntry, LogRecord, Snapshot};
 use crate::store::{Data, StorageError, ENTRIES, LOG, META_STR, META_U64};
 use crate::zone::{Effect, Zone, ZoneConfig, ZoneId};
 
@@ -76,7 +76,7 @@ struct Pending {
 
 /// Owns the database and the writer's copy of the data.
 pub(crate) struct Writer {
-    db: Database,
+    db: Arc<Database>,
     /// Committed data plus the effects of the batch in progress.
     data: Data,
     view: Arc<RwLock<Data>>,
@@ -94,7 +94,7 @@ struct Tables<'t> {
 
 impl Writer {
     pub(crate) fn new(
-        db: Database,
+        db: Arc<Database>,
         data: Data,
         view: Arc<RwLock<Data>>,
         config: &Config,
@@ -245,79 +245,202 @@ impl Writer {
         &mut self,
         op: &WriteOp,
         now: u64,
-        tables: &mut Tables<'_>,
+        tx: &mut Tables<'_>,
         published: &mut Vec<(ZoneId, Vec<Effect>)>,
     ) -> Result<Result<Applied>, StorageError> {
-        let (zone, kind, origin) = match op {
+        match op {
+            WriteOp::Zone { zone, kind, origin } => {
+                let Some(config) = self.configs.get(zone) else {
+                    return Ok(Err(Error::ZoneNotFound(zone.name.clone())));
+                };
+                let meta = &mut self.data.meta;
+                let (effects, seq, applied_at) = match origin {
+                    Origin::Client => {
+                        let applied_at = now.max(meta.applied_at);
+                        let current = self.data.zones.entry(zone.clone()).or_default();
+                        match plan_client(config, current, kind, applied_at) {
+                            Ok(effects) => (effects, meta.seq + 1, applied_at),
+                            Err(refused) => return Ok(Err(refused)),
+                        }
+                    }
+                    Origin::Shadow(shadow) => match decide(&meta.history, meta.seq, shadow) {
+                        Ok(Decision::Duplicate) => return Ok(Ok(Applied::Duplicate)),
+                        Err(refused) => return Ok(Err(refused)),
+                        Ok(Decision::Apply { adopt }) => {
+                            if adopt {
+                                meta.history = shadow.history.clone();
+                            }
+                            let effects = plan_shadow(config, kind, shadow.applied_at);
+                            (effects, shadow.seq, shadow.applied_at)
+                        }
+                    },
+                };
+                self.record(zone, effects, Some((seq, applied_at)), tx, published)?;
+                Ok(Ok(Applied::Written { seq, applied_at }))
+            }
+            WriteOp::Replay(batch) => self.replay(batch, tx, published),
+            WriteOp::Restore(snapshot) => self.restore(snapshot, tx, published),
             WriteOp::Purge => {
-                for (id, zone) in &mut self.data.zones {
-                    let effects: Vec<Effect> = zone
-                        .expired_keys(now)
-                        .into_iter()
-                        .map(|key| Effect::Remove { key })
-                        .collect();
-                    if !effects.is_empty() {
-                        write_effects(&mut tables.entries, id, zone, &effects)?;
-                        zone.apply(&effects);
-                        published.push((id.clone(), effects));
-                    }
+                let expired: Vec<(ZoneId, Vec<Effect>)> = self
+                    .data
+                    .zones
+                    .iter()
+                    .map(|(id, zone)| {
+                        let effects = zone
+                            .expired_keys(now)
+                            .into_iter()
+                            .map(|key| Effect::Remove { key })
+                            .collect::<Vec<_>>();
+                        (id.clone(), effects)
+                    })
+                    .filter(|(_, effects)| !effects.is_empty())
+                    .collect();
+                for (zone, effects) in expired {
+                    self.record(&zone, effects, None, tx, published)?;
                 }
-                return Ok(Ok(Applied::Purged));
+                Ok(Ok(Applied::Purged))
             }
-            WriteOp::Zone { zone, kind, origin } => (zone, kind, origin),
-        };
-        let Some(config) = self.configs.get(zone) else {
-            return Ok(Err(Error::ZoneNotFound(zone.name.clone())));
-        };
+        }
+    }
+
+    /// Applies effects to the transaction and the writer's copy, queues them
+    /// for publishing, and, for a replicated write `(seq, applied_at)`, moves
+    /// the seq and appends to the bounded log.
+    fn record(
+        &mut self,
+        zone: &ZoneId,
+        effects: Vec<Effect>,
+        write: Option<(u64, u64)>,
+        tx: &mut Tables<'_>,
+        published: &mut Vec<(ZoneId, Vec<Effect>)>,
+    ) -> Result<(), StorageError> {
         let current = self.data.zones.entry(zone.clone()).or_default();
-        let meta = &mut self.data.meta;
-        let (effects, seq, applied_at) = match origin {
-            Origin::Client => {
-                let applied_at = now.max(meta.applied_at);
-                match plan_client(config, current, kind, applied_at) {
-                    Ok(effects) => (effects, meta.seq + 1, applied_at),
-                    Err(refused) => return Ok(Err(refused)),
-                }
-            }
-            Origin::Shadow(shadow) => match decide(&meta.history, meta.seq, shadow) {
-                Ok(Decision::Duplicate) => return Ok(Ok(Applied::Duplicate)),
-                Err(refused) => return Ok(Err(refused)),
-                Ok(Decision::Apply { adopt }) => {
-                    if adopt {
-                        meta.history = shadow.history.clone();
-                    }
-                    let effects = plan_shadow(config, kind, shadow.applied_at);
-                    (effects, shadow.seq, shadow.applied_at)
-                }
-            },
-        };
-        write_effects(&mut tables.entries, zone, current, &effects)?;
+        write_effects(&mut tx.entries, zone, current, &effects)?;
         current.apply(&effects);
-        meta.seq = seq;
-        meta.applied_at = meta.applied_at.max(applied_at);
-        if self.log_capacity > 0 {
-            let record = LogRecord {
-                applied_at,
-                zone: zone.clone(),
-                effects: effects.clone(),
-            };
-            let bytes = serde_json::to_vec(&record)
-                .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
-            tables.log.insert(seq, bytes.as_slice())?;
-            meta.log_len += 1;
-            if meta.log_first == 0 {
-                meta.log_first = seq;
-            }
-            while meta.log_len > self.log_capacity {
-                if tables.log.pop_first()?.is_none() {
-                    break;
+        if let Some((seq, applied_at)) = write {
+            let meta = &mut self.data.meta;
+            meta.seq = seq;
+            meta.applied_at = meta.applied_at.max(applied_at);
+            if self.log_capacity > 0 {
+                let record = LogRecord {
+                    applied_at,
+                    zone: zone.clone(),
+                    effects: effects.clone(),
+                };
+                let bytes = serde_json::to_vec(&record)
+                    .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
+                tx.log.insert(seq, bytes.as_slice())?;
+                meta.log_len += 1;
+                while meta.log_len > self.log_capacity {
+                    if tx.log.pop_first()?.is_none() {
+                        break;
+                    }
+                    meta.log_len -= 1;
                 }
-                meta.log_len -= 1;
+                meta.log_first = tx.log.first()?.map(|(k, _)| k.value()).unwrap_or(0);
             }
-            meta.log_first = tables.log.first()?.map(|(k, _)| k.value()).unwrap_or(0);
         }
         published.push((zone.clone(), effects));
-        Ok(Ok(Applied::Written { seq, applied_at }))
+        Ok(())
+    }
+
+    /// Catch-up from the primary's log: the entries after the applied seq,
+    /// which must start at `applied + 1` and be consecutive, all or nothing.
+    fn replay(
+        &mut self,
+        batch: &LogBatch,
+        tx: &mut Tables<'_>,
+        published: &mut Vec<(ZoneId, Vec<Effect>)>,
+    ) -> Result<Result<Applied>, StorageError> {
+        let meta = &self.data.meta;
+        let applied = meta.seq;
+        let adopt = applied == 0 && batch.history != meta.history;
+        if !adopt && batch.history != meta.history {
+            return Ok(Err(Error::ReplicationHistoryMismatch {
+                local: meta.history.clone(),
+                received: batch.history.clone(),
+            }));
+        }
+        let fresh: Vec<&LogEntry> = batch.entries.iter().filter(|e| e.seq > applied).collect();
+        let Some(first) = fresh.first() else {
+            return Ok(Ok(Applied::Duplicate));
+        };
+        if first.seq != applied + 1 {
+            return Ok(Err(Error::ReplicationGap {
+                applied,
+                received: first.seq,
+            }));
+        }
+        if fresh.windows(2).any(|w| w[1].seq != w[0].seq + 1) {
+            return Ok(Err(Error::Catchup("log entries are not consecutive")));
+        }
+        if let Some(entry) = fresh
+            .iter()
+            .find(|e| !self.configs.contains_key(&e.record.zone))
+        {
+            return Ok(Err(Error::ZoneNotFound(entry.record.zone.name.clone())));
+        }
+        if adopt {
+            self.data.meta.history = batch.history.clone();
+        }
+        for entry in &fresh {
+            let write = Some((entry.seq, entry.record.applied_at));
+            self.record(
+                &entry.record.zone,
+                entry.record.effects.clone(),
+                write,
+                tx,
+                published,
+            )?;
+        }
+        Ok(Ok(Applied::Written {
+            seq: self.data.meta.seq,
+            applied_at: self.data.meta.applied_at,
+        }))
+    }
+
+    /// Catch-up from a snapshot: every configured zone takes the snapshot's
+    /// content, the history and seq become the snapshot's, and the log (of
+    /// another past) is emptied. A snapshot not newer than the data of the
+    /// same history is a duplicate.
+    fn restore(
+        &mut self,
+        snapshot: &Snapshot,
+        tx: &mut Tables<'_>,
+        published: &mut Vec<(ZoneId, Vec<Effect>)>,
+    ) -> Result<Result<Applied>, StorageError> {
+        let meta = &self.data.meta;
+        if snapshot.history == meta.history && snapshot.seq <= meta.seq {
+            return Ok(Ok(Applied::Duplicate));
+        }
+        for name in snapshot.zones.keys() {
+            if !self.configs.contains_key(&ZoneId::from_display(name)) {
+                tracing::warn!(zone = %name, "snapshot zone is not configured here; skipped");
+            }
+        }
+        let zones: Vec<ZoneId> = self.configs.keys().cloned().collect();
+        for zone in zones {
+            let mut effects = vec![Effect::Clear];
+            if let Some(entries) = snapshot.zones.get(&zone.to_string()) {
+                effects.extend(entries.iter().map(|(key, entry)| Effect::Put {
+                    key: key.clone(),
+                    value: entry.value.clone(),
+                    expires_at: entry.expires_at,
+                }));
+            }
+            self.record(&zone, effects, None, tx, published)?;
+        }
+        tx.log.retain(|_, _| false)?;
+        let meta = &mut self.data.meta;
+        meta.history = snapshot.history.clone();
+        meta.seq = snapshot.seq;
+        meta.applied_at = snapshot.applied_at;
+        meta.log_first = 0;
+        meta.log_len = 0;
+        Ok(Ok(Applied::Written {
+            seq: snapshot.seq,
+            applied_at: snapshot.applied_at,
+        }))
     }
 }
 
@@ -406,7 +529,7 @@ mod tests {
             })
             .collect();
         drop(queue);
-        Writer::new(db, data, Arc::clone(&view), &config, jobs).run();
+        Writer::new(Arc::new(db), data, Arc::clone(&view), &config, jobs).run();
         let replies = answers
             .into_iter()
             .map(|mut answer| answer.try_recv().unwrap())

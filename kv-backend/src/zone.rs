@@ -68,6 +68,14 @@ impl ZoneId {
         format!("{}/{}", self.kind.as_str(), self.name)
     }
 
+    /// The inverse of `Display`: `stream:NAME` is a stream zone, anything else an http zone.
+    pub fn from_display(text: &str) -> ZoneId {
+        match text.strip_prefix("stream:") {
+            Some(name) => ZoneId::stream(name),
+            None => ZoneId::http(text),
+        }
+    }
+
     /// The inverse of [`ZoneId::storage_key`].
     pub fn from_storage_key(text: &str) -> Option<ZoneId> {
         let (kind, name) = text.split_once('/')?;

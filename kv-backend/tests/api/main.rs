@@ -3,6 +3,7 @@
 //! module per concern; `helpers` has the `TestApp` they all drive.
 
 mod bad_input;
+mod catchup;
 mod conformance;
 mod helpers;
 mod replication;
