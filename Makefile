@@ -63,7 +63,7 @@ validate: build-wasm envoy
 e2e: build-wasm envoy
 	$(CARGO) build -p replikv-kv-backend
 	REPLIKV_BACKEND_BIN=$(CURDIR)/target/debug/kv-backend REPLIKV_WASM=$(CURDIR)/$(WASM) \
-		$(CARGO) test --workspace --tests -- --test-threads 2
+		$(CARGO) test --workspace --test '*' -- --test-threads 2
 
 clean:
 	$(CARGO) clean

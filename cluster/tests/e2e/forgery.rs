@@ -155,7 +155,7 @@ async fn forged_replication_to_a_replica_changes_nothing() {
     assert_eq!(replica_state(&t).await, before);
 
     let admin = t.cluster.replica(1).admin_url();
-    assert!(t.stat(&admin, "replikv.forged_rejected").await >= 8);
+    assert!(t.stat(&admin, "wasmcustom.replikv.forged_rejected").await >= 8);
 }
 
 /// Replication headers sent by a client through the load balancer (or to the

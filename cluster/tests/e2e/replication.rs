@@ -136,7 +136,7 @@ async fn reads_are_never_replicated() {
     t.converges_to(&json!({"a": "1"})).await;
     let admin = t.cluster.primary().admin_url();
     let before = t.stat(&admin, "cluster.replica_1.upstream_rq_total").await;
-    let sent = t.stat(&admin, "replikv.shadow.sent").await;
+    let sent = t.stat(&admin, "wasmcustom.replikv.shadow.sent").await;
 
     for _ in 0..20 {
         t.zone(&primary).await;
@@ -147,7 +147,7 @@ async fn reads_are_never_replicated() {
         t.stat(&admin, "cluster.replica_1.upstream_rq_total").await,
         before
     );
-    assert_eq!(t.stat(&admin, "replikv.shadow.sent").await, sent);
+    assert_eq!(t.stat(&admin, "wasmcustom.replikv.shadow.sent").await, sent);
 }
 
 /// With two replicas, every write reaches both.
@@ -175,7 +175,7 @@ async fn every_replica_receives_every_write() {
         let t = &t;
         let admin = admin.clone();
         async move {
-            let ok = t.stat(&admin, "replikv.shadow.ok").await;
+            let ok = t.stat(&admin, "wasmcustom.replikv.shadow.ok").await;
             (ok >= 22).then_some(ok)
         }
     })
