@@ -1,1 +1,36 @@
 # Container targets (docker compose). Owned by the compose work; included by the Makefile.
+#
+#   make compose-build   binaries (`make build envoy`), Envoy configs rendered from
+#                        envoy/*.yaml.j2, then the image replikv:local, no registry needed
+#   make compose-up      docker compose up -d, waits until every service is healthy
+#   make compose-down    docker compose down -v (containers, networks and data volumes)
+#   make compose-test    scripts/compose-verify.sh: the README steps and the fault tests
+#   make compose-prereqs installs Debian's docker.io + docker-compose and starts dockerd
+#
+# COMPOSE picks the client (default: `docker compose` if present, else
+# `docker-compose`); REPLIKV_BASE_IMAGE=debian:bookworm-slim builds on a distro
+# base where a registry is reachable.
+
+.PHONY: compose-prereqs compose-build compose-image compose-up compose-down compose-logs compose-test
+
+compose-prereqs:
+	scripts/compose-prereqs.sh
+
+compose-build: build envoy
+	$(MAKE) --no-print-directory compose-image
+
+# The image alone, from binaries already built.
+compose-image:
+	ENVOY_BIN="$(ENVOY_BIN)" docker/build-image.sh
+
+compose-up:
+	scripts/compose-up.sh
+
+compose-down:
+	bash -c '. scripts/compose-lib.sh && compose down -v --remove-orphans'
+
+compose-logs:
+	bash -c '. scripts/compose-lib.sh && compose logs -f'
+
+compose-test: compose-build
+	scripts/compose-verify.sh
