@@ -1,7 +1,7 @@
 //! The `kv-backend` binary: parses the command line, opens the store, binds,
 //! prints `listening on ADDR` and serves until SIGTERM or SIGINT.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -11,6 +11,7 @@ use replikv_kv_backend::{run, AppState, Cli, Config, Store};
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

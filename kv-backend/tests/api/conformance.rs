@@ -298,15 +298,16 @@ async fn plain_values_expire_after_the_zone_timeout() {
 #[tokio::test]
 async fn patch_re_arms_the_expiry() {
     let app = TestApp::new();
-    let path = "/api/9/http/keyvals/short";
+    let path = "/api/9/http/keyvals/medium";
     app.post(path, r#"{"k":"v"}"#).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         app.patch(path, r#"{"k":"w"}"#).await.status,
         StatusCode::NO_CONTENT
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(app.zone("short").await, json!({"k":"w"}));
+    // Past the first expiry (1 s after the POST), before the re-armed one.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(app.zone("medium").await, json!({"k":"w"}));
 }
 
 /// Checklist 24: an `expire` set by PATCH still reads as a plain string.
@@ -365,7 +366,7 @@ async fn all_zones_listing_with_and_without_slash_is_the_same() {
     assert_eq!(with.json(), without.json());
     assert_eq!(
         with.json(),
-        json!({"default":{},"one":{"a":"1"},"short":{},"ip":{},"tiny":{}})
+        json!({"default":{},"one":{"a":"1"},"short":{},"medium":{},"ip":{},"tiny":{}})
     );
 }
 

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 /// An app with zones `default` (32k), `one` (timeout 10s), `short`
-/// (timeout 300ms), `ip` (type=ip), `tiny` (1k) and stream zone `s`.
+/// (timeout 300ms), `medium` (timeout 1s), `ip` (type=ip), `tiny` (1k) and stream zone `s`.
 pub struct TestApp {
     router: Router,
 }
@@ -28,6 +28,7 @@ pub fn config() -> Config {
     for spec in [
         "one:1m:timeout=10s",
         "short:1m:timeout=300ms",
+        "medium:1m:timeout=1s",
         "ip:1m:type=ip",
         "tiny:1k",
         "stream:s:32k",
