@@ -1,4 +1,4 @@
-//! `TestApp`: a router over an in-memory store with the checklist's zones,
+//! `TestApp`: a router over a store in a temporary directory with the checklist's zones,
 //! and one method per kind of request, so tests read like the checklist.
 
 use axum::body::{Body, Bytes};
@@ -13,6 +13,8 @@ use tower::ServiceExt;
 /// (timeout 300ms), `medium` (timeout 1s), `ip` (type=ip), `tiny` (1k) and stream zone `s`.
 pub struct TestApp {
     router: Router,
+    /// Dropped after the router (fields drop in order), so the store closes first.
+    _data_dir: tempfile::TempDir,
 }
 
 /// What came back.
@@ -24,7 +26,7 @@ pub struct TestResponse {
 }
 
 pub fn config() -> Config {
-    let mut config = Config::new("unused-in-memory");
+    let mut config = Config::new("set-by-with-config");
     for spec in [
         "one:1m:timeout=10s",
         "short:1m:timeout=300ms",
@@ -43,10 +45,15 @@ impl TestApp {
         TestApp::with_config(config())
     }
 
-    pub fn with_config(config: Config) -> TestApp {
-        let store = Store::open_in_memory(&config).unwrap();
+    /// A store in a fresh temporary directory (opening one costs less than an
+    /// in-memory redb in debug builds, and it exercises the real file).
+    pub fn with_config(mut config: Config) -> TestApp {
+        let data_dir = tempfile::tempdir().unwrap();
+        config.data_dir = data_dir.path().to_owned();
+        let store = Store::open(&config).unwrap();
         TestApp {
             router: app(AppState::new(store, &config)),
+            _data_dir: data_dir,
         }
     }
 
