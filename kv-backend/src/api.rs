@@ -110,9 +110,7 @@ pub async fn dispatch(State(state): State<AppState>, request: Request) -> Result
                 return Err(Error::ZoneNotFound(zone.name));
             }
             match method {
-                Method::GET | Method::HEAD => {
-                    read_zone(&state, &zone, request.uri().query()).map(|r| r.into_response())
-                }
+                Method::GET | Method::HEAD => read_zone(&state, &zone, request.uri().query()),
                 Method::POST | Method::PATCH | Method::DELETE => {
                     Ok(write_zone(&state, zone, request).await)
                 }

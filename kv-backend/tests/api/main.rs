@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod catchup;
+mod concurrency;
 mod conformance;
 mod helpers;
 mod replication;
