@@ -92,8 +92,8 @@ log "building $IMAGE on $BASE ($(du -sh "$ctx" | cut -f1) of binaries and config
 docker build -q --build-arg "BASE=$BASE" -f docker/Dockerfile -t "$IMAGE" "$ctx" >/dev/null
 
 # A smoke check: every binary starts in the image (a missing glibc file fails here).
-docker run --rm --entrypoint /usr/local/bin/envoy "$IMAGE" --version | grep -q '/1\.40\.' \
-  || die "envoy does not run in $IMAGE"
+version=$(docker run --rm --entrypoint /usr/local/bin/envoy "$IMAGE" --version) || true
+echo "$version" | grep -q '/1\.40\.' || die "envoy does not run in $IMAGE: ${version:-no output}"
 docker run --rm --entrypoint /usr/local/bin/kv-backend "$IMAGE" --version >/dev/null \
   || die "kv-backend does not run in $IMAGE"
 docker run --rm --entrypoint /usr/local/bin/busybox "$IMAGE" true \

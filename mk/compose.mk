@@ -26,6 +26,9 @@ compose-image:
 compose-up:
 	scripts/compose-up.sh
 
+# Stopping needs no secret, but compose refuses the file without one.
+compose-down compose-logs: export REPLIKV_SECRET ?= not-needed-to-stop
+
 compose-down:
 	bash -c '. scripts/compose-lib.sh && compose down -v --remove-orphans'
 

@@ -11,9 +11,16 @@ else
 fi
 compose() { "${compose_cmd[@]}" "$@"; }
 
-# The project name compose uses (v1 and v2 agree on this rule for plain names).
+# The project: $COMPOSE_PROJECT_NAME, else the one .env sets, else replikv
+# (exported, so that compose and these helpers agree).
+if [ -z "${COMPOSE_PROJECT_NAME:-}" ]; then
+  COMPOSE_PROJECT_NAME=$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' .env 2>/dev/null | tail -n 1)
+  export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-replikv}
+fi
+
+# The project name as compose normalises it (v1 and v2 agree for plain names).
 compose_project() {
-  local p=${COMPOSE_PROJECT_NAME:-$(basename "$PWD")}
+  local p=$COMPOSE_PROJECT_NAME
   echo "$p" | tr 'A-Z' 'a-z' | tr -cd 'a-z0-9_-'
 }
 

@@ -14,20 +14,27 @@ if ! docker image inspect "${REPLIKV_IMAGE:-replikv:local}" >/dev/null 2>&1; the
   echo "compose-up: image ${REPLIKV_IMAGE:-replikv:local} not found: run \`make compose-build\` first" >&2
   exit 1
 fi
+# The load balancer's port must be free (unless it is this project's own lb).
+port=${REPLIKV_PORT:-$(sed -n 's/^REPLIKV_PORT=//p' .env 2>/dev/null | tail -n 1)}
+port=${port:-10000}
+if [ "$(health_of lb)" != healthy ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  echo "compose-up: 127.0.0.1:$port is already in use (is \`make up\` running?): stop it or set REPLIKV_PORT" >&2
+  exit 1
+fi
 compose up -d "$@"
 if ! wait_healthy "$timeout" "${COMPOSE_SERVICES[@]}"; then
   compose ps >&2
   compose logs --tail 30 >&2
   exit 1
 fi
-port=$(compose port lb 10000 2>/dev/null | tail -n 1)
+addr=$(compose port lb 10000 2>/dev/null | tail -n 1)
 cat <<MSG
 replikv is up (project $(compose_project)):
-  load balancer  http://${port:-127.0.0.1:${REPLIKV_PORT:-10000}}
+  load balancer  http://${addr:-127.0.0.1:$port}
 
 Try:
-  curl -i -X POST -d '{"greeting":"hello"}' http://${port:-127.0.0.1:10000}/api/9/http/keyvals/default
-  curl -s http://${port:-127.0.0.1:10000}/replicated/9/http/keyvals/default?key=greeting
+  curl -i -X POST -d '{"greeting":"hello"}' http://${addr:-127.0.0.1:$port}/api/9/http/keyvals/default
+  curl -s http://${addr:-127.0.0.1:$port}/replicated/9/http/keyvals/default?key=greeting
 
 Logs: ${compose_cmd[*]} logs -f    Stop: make compose-down
 MSG
