@@ -98,4 +98,7 @@ docker run --rm --entrypoint /usr/local/bin/kv-backend "$IMAGE" --version >/dev/
   || die "kv-backend does not run in $IMAGE"
 docker run --rm --entrypoint /usr/local/bin/busybox "$IMAGE" true \
   || die "busybox does not run in $IMAGE"
+# Earlier builds of these images, now untagged.
+docker image prune -f --filter label=org.opencontainers.image.title=replikv >/dev/null 2>&1 || true
+docker image prune -f --filter label=org.opencontainers.image.title=replikv-base >/dev/null 2>&1 || true
 log "built $IMAGE ($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}'))"

@@ -24,17 +24,30 @@ if docker info >/dev/null 2>&1; then
   exit 0
 fi
 
+# A dockerd that was killed (as at the end of a session) leaves its pid file
+# behind, and a new one refuses to start while it exists.
+for pidfile in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
+  if [ -f "$pidfile" ]; then
+    pid=$(cat "$pidfile" 2>/dev/null || true)
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+      log "removing stale $pidfile"
+      $SUDO rm -f "$pidfile"
+    fi
+  fi
+done
+
 # No init system on these machines: start dockerd in the background, detached
 # from this shell, with its log in /var/log/dockerd.log.
 log "starting dockerd (log: /var/log/dockerd.log)"
-$SUDO sh -c 'nohup setsid dockerd >/var/log/dockerd.log 2>&1 </dev/null &'
+$SUDO sh -c 'nohup setsid dockerd >/var/log/dockerd.log 2>&1 </dev/null & echo $! >/var/run/replikv-dockerd.pid'
 for _ in $(seq 1 60); do
   if [ -S /var/run/docker.sock ] && docker info >/dev/null 2>&1; then
     log "dockerd is up ($(docker version --format '{{.Server.Version}}' 2>/dev/null))"
     exit 0
   fi
+  kill -0 "$(cat /var/run/replikv-dockerd.pid)" 2>/dev/null || break
   sleep 1
 done
-log "dockerd did not answer on /var/run/docker.sock within 60 s; last log lines:"
+log "dockerd did not start or did not answer on /var/run/docker.sock within 60 s; last log lines:"
 tail -n 30 /var/log/dockerd.log >&2 || true
 exit 1
