@@ -104,6 +104,7 @@ impl Cluster {
         binaries: &Binaries,
         options: ClusterOptions,
     ) -> Result<Self> {
+        topology.check_ports_free()?;
         let logs = options.run_dir.join("logs");
         let configs_dir = options.run_dir.join("envoy");
         for dir in [&logs, &configs_dir] {
@@ -316,7 +317,7 @@ where
                 process.name,
                 status.map_or("never started".into(), |s| s.to_string()),
                 process.log_path.display(),
-                process.log_tail(30)
+                process.log_excerpt()
             );
         }
         if check().await.is_some() {
@@ -328,7 +329,7 @@ where
                 process.name,
                 READY_TIMEOUT,
                 process.log_path.display(),
-                process.log_tail(30)
+                process.log_excerpt()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

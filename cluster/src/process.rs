@@ -118,6 +118,21 @@ impl Process {
         Ok(())
     }
 
+    /// What an error message should quote from the log: its error lines if it
+    /// has any (Envoy's start-up chatter would bury them), else its end.
+    pub fn log_excerpt(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let errors: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("[critical]") || l.contains("[error]") || l.contains("ERROR"))
+            .collect();
+        if errors.is_empty() {
+            self.log_tail(20)
+        } else {
+            errors[errors.len().saturating_sub(10)..].join("\n")
+        }
+    }
+
     /// The last `lines` lines of the log, for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();

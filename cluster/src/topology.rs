@@ -184,6 +184,31 @@ impl Topology {
         })
     }
 
+    /// Fails with a clear message when a port this cluster listens on (on
+    /// 127.0.0.1) is already taken, before anything is started.
+    pub fn check_ports_free(&self) -> Result<()> {
+        let mut ports = vec![
+            ("load balancer", self.balancer.listen.port),
+            ("load balancer admin", self.balancer.admin_port),
+        ];
+        for node in self.nodes() {
+            ports.extend([
+                (node.name.as_str(), node.listen.port),
+                (node.name.as_str(), node.admin_port),
+                (node.name.as_str(), node.backend.port),
+            ]);
+        }
+        for (owner, port) in ports {
+            if TcpListener::bind(("127.0.0.1", port)).is_err() {
+                bail!(
+                    "port {port} ({owner}) is already in use on 127.0.0.1: is another \
+                     cluster running? Choose other ports with --base-port"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The primary first, then the replicas.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeSpec> {
         std::iter::once(&self.primary).chain(&self.replicas)
@@ -236,6 +261,15 @@ mod tests {
     #[test]
     fn a_base_port_too_high_is_refused() {
         assert!(Topology::local(1, PortPlan::Fixed { base: 60000 }).is_err());
+    }
+
+    #[test]
+    fn a_taken_port_is_reported_before_starting() {
+        let t = Topology::local(1, PortPlan::Ephemeral).unwrap();
+        assert!(t.check_ports_free().is_ok());
+        let _taken = TcpListener::bind(("127.0.0.1", t.replicas[0].listen.port)).unwrap();
+        let error = t.check_ports_free().unwrap_err().to_string();
+        assert!(error.contains("replica-1"), "{error}");
     }
 
     #[test]
