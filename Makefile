@@ -17,7 +17,8 @@ CHECK_SECRET = replikv-check-secret-0123456789
 include mk/compose.mk
 
 up: build envoy
-	exec target/release/replikv-up $(UP_ARGS)
+	REPLIKV_BACKEND_BIN=$(CURDIR)/target/release/kv-backend REPLIKV_WASM=$(CURDIR)/$(WASM) \
+		exec target/release/replikv-up $(UP_ARGS)
 
 build: build-wasm
 	$(CARGO) build --release -p replikv-kv-backend -p replikv-cluster

@@ -32,10 +32,12 @@ impl Binaries {
             .unwrap_or_else(|| root.join("target/wasm32-wasip1/release/replikv_filter.wasm"));
         let backend = match std::env::var_os("REPLIKV_BACKEND_BIN") {
             Some(path) => PathBuf::from(path),
-            None => newest(&[
+            None => [
                 root.join("target/release/kv-backend"),
                 root.join("target/debug/kv-backend"),
-            ])
+            ]
+            .into_iter()
+            .find(|path| path.is_file())
             .unwrap_or_else(|| root.join("target/release/kv-backend")),
         };
         let binaries = Self {
@@ -79,16 +81,4 @@ fn find_envoy(root: &Path) -> Option<PathBuf> {
         let installed = root.join(".envoy/bin/envoy");
         installed.is_file().then_some(installed)
     })
-}
-
-/// The most recently built of several candidate files.
-fn newest(candidates: &[PathBuf]) -> Option<PathBuf> {
-    candidates
-        .iter()
-        .filter_map(|path| {
-            let modified = path.metadata().and_then(|m| m.modified()).ok()?;
-            Some((modified, path.clone()))
-        })
-        .max_by_key(|(modified, _)| *modified)
-        .map(|(_, path)| path)
 }
