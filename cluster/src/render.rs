@@ -19,9 +19,33 @@ pub struct EnvoyConfig {
     pub yaml: String,
 }
 
+/// What may differ between renderings of one topology.
+#[derive(Debug, Clone, Copy)]
+pub struct RenderOptions {
+    /// Whether the nodes carry the replikv filter. Without it (benchmark
+    /// scenario C1) each node is a plain Envoy proxy in front of its kv-backend:
+    /// no redirects, no proofs and no replication.
+    pub filter: bool,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        Self { filter: true }
+    }
+}
+
 /// Renders the configuration of every Envoy in `topology`; `wasm_path` is where
 /// the filter's `.wasm` is, as the Envoy processes see it.
 pub fn render_all(topology: &Topology, wasm_path: &str) -> Result<Vec<EnvoyConfig>> {
+    render_all_with(topology, wasm_path, RenderOptions::default())
+}
+
+/// [`render_all`] with [`RenderOptions`].
+pub fn render_all_with(
+    topology: &Topology,
+    wasm_path: &str,
+    options: RenderOptions,
+) -> Result<Vec<EnvoyConfig>> {
     let env = environment()?;
     let mut configs = vec![EnvoyConfig {
         name: "load-balancer".into(),
@@ -37,7 +61,7 @@ pub fn render_all(topology: &Topology, wasm_path: &str) -> Result<Vec<EnvoyConfi
     for node in topology.nodes() {
         configs.push(EnvoyConfig {
             name: node.name.clone(),
-            yaml: render_node(&env, topology, node, wasm_path)?,
+            yaml: render_node(&env, topology, node, wasm_path, options)?,
         });
     }
     Ok(configs)
@@ -48,6 +72,7 @@ fn render_node(
     topology: &Topology,
     node: &NodeSpec,
     wasm_path: &str,
+    options: RenderOptions,
 ) -> Result<String> {
     let template = match node.role {
         Role::Primary => "primary",
@@ -65,6 +90,7 @@ fn render_node(
             listen_port => node.listen.port,
             dns => topology.dns,
             wasm_path => wasm_path,
+            filter => options.filter,
             backend => node.backend,
             replicas => replicas,
             primary_url => topology.primary_url,
@@ -122,6 +148,34 @@ mod tests {
         for config in local(1) {
             assert!(!config.yaml.contains("REPLIKV_SECRET:"), "{}", config.name);
             assert!(!config.yaml.contains("key_values"), "{}", config.name);
+        }
+    }
+
+    #[test]
+    fn without_the_filter_nodes_are_plain_proxies() {
+        let topology = Topology::local(1, PortPlan::Fixed { base: 10000 }).unwrap();
+        let configs =
+            render_all_with(&topology, "/x/f.wasm", RenderOptions { filter: false }).unwrap();
+        for config in &configs[1..] {
+            assert!(
+                !config.yaml.contains("envoy.filters.http.wasm"),
+                "{}",
+                config.name
+            );
+            assert!(config
+                .yaml
+                .contains("http_filters:\n          - name: envoy.filters.http.router"));
+            assert!(
+                config.yaml.contains("port_value: 18001")
+                    || config.yaml.contains("port_value: 18002")
+            );
+        }
+        for config in &local(1)[1..] {
+            assert!(
+                config.yaml.contains("envoy.filters.http.wasm"),
+                "{}",
+                config.name
+            );
         }
     }
 

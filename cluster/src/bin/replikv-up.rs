@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use replikv_cluster::render::render_all;
+use replikv_cluster::render::{render_all_with, RenderOptions};
 use replikv_cluster::{workspace_root, Binaries, Cluster, ClusterOptions, PortPlan, Topology};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -49,6 +49,10 @@ enum Command {
         wasm: String,
         #[arg(long)]
         out: PathBuf,
+        /// Leave the replikv filter out of the nodes (plain Envoy proxies, no
+        /// replication): the benchmark's "without the filter" baseline.
+        #[arg(long)]
+        no_filter: bool,
     },
 }
 
@@ -62,7 +66,12 @@ enum Target {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let result = match &args.command {
-        Some(Command::Render { target, wasm, out }) => render(&args, *target, wasm, out),
+        Some(Command::Render {
+            target,
+            wasm,
+            out,
+            no_filter,
+        }) => render(&args, *target, wasm, out, !no_filter),
         None => up(&args).await,
     };
     match result {
@@ -74,13 +83,19 @@ async fn main() -> ExitCode {
     }
 }
 
-fn render(args: &Args, target: Target, wasm: &str, out: &PathBuf) -> Result<ExitCode> {
+fn render(
+    args: &Args,
+    target: Target,
+    wasm: &str,
+    out: &PathBuf,
+    filter: bool,
+) -> Result<ExitCode> {
     let topology = match target {
         Target::Local => Topology::local(args.replicas, port_plan(args.base_port))?,
         Target::Compose => Topology::compose(args.replicas)?,
     };
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    for config in render_all(&topology, wasm)? {
+    for config in render_all_with(&topology, wasm, RenderOptions { filter })? {
         let path = out.join(format!("{}.yaml", config.name));
         std::fs::write(&path, config.yaml)
             .with_context(|| format!("writing {}", path.display()))?;
