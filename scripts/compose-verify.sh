@@ -12,6 +12,9 @@
 #      partition) and reconnected: all nodes converge;
 #   4. the primary's kv-backend is killed (SIGKILL) during writes and started
 #      again: every acknowledged write survives, and the replicas converge;
+#  4b. (stronger than the issue asks) replica-1's kv-backend is down while the
+#      primary's Envoy restarts, losing the filter's in-memory retries: only the
+#      primary's log can bring the missed writes;
 #   5. a replica whose kv-backend starts empty (new volume) catches up;
 #   6. on any failure the compose logs are printed; the stack is always torn
 #      down (`down -v`).
@@ -191,6 +194,14 @@ check_acked() {
       missing=$(missing_on "$n" "$work/$prefix.acked" | wc -l)
       [ "$missing" -gt 0 ] && lost+=("$n lacks $missing of $(wc -l <"$work/$prefix.acked") acknowledged writes")
     done
+    local hp sp hn sn
+    read -r hp sp <<<"$(status primary)"
+    for n in replica-1 replica-2; do
+      read -r hn sn <<<"$(status "$n")"
+      if [ "$hn" = "$hp" ] && [ "$sn" != "$sp" ] && [ "$sn" != "?" ]; then
+        lost+=("$n stays at seq $sn of the primary's $sp: seq $((sn + 1)) never reached it and every later shadow write is a gap (409)")
+      fi
+    done
     fail "$name" "nodes did not converge within ${CONVERGE} s:$lag" "${lost[@]}" "missing guarantee: $guarantee"
     return
   fi
@@ -322,6 +333,23 @@ fi
 check_acked "4. after the primary's kv-backend restart: converged" t4 \
   "replicas catch up with writes the primary applied around its restart"
 
+say "4b. replica-1's kv-backend is down while the primary's Envoy restarts, then comes back"
+# The primary's in-memory retry queue is lost with its Envoy: only catch-up from
+# the primary's durable log can bring replica-1 what it missed.
+writer_start t4b
+sleep 1
+docker kill "$(container_of replica-1-kv)" >/dev/null && info "killed replica-1-kv"
+sleep 1.5
+docker restart -t 5 "$(container_of primary)" >/dev/null && info "restarted the primary's Envoy"
+wait_healthy 60 primary || true
+sleep 1.5
+docker start "$(container_of replica-1-kv)" >/dev/null && info "started replica-1-kv"
+wait_healthy 60 replica-1-kv replica-1 || true
+sleep 1.5
+writer_stop t4b
+check_acked "4b. replica-1 missed writes across a restart of the primary's Envoy: converged" t4b \
+  "a replica that missed writes catches up from the primary's durable log, not only from the filter's in-memory retries"
+
 say "5. replica-1 restarts with an empty volume and catches up"
 compose rm -s -f replica-1-kv >/dev/null 2>&1
 docker volume rm "$(compose_project)_replica-1-data" >/dev/null && info "replica-1's kv-backend removed, its volume deleted"
@@ -333,7 +361,7 @@ info "replica-1 status: [$(status replica-1)], primary [$(status primary)]"
 for i in $(seq -f '%04g' 1 10); do
   [ "$(lb_write "t5-$i" "v$i")" = 201 ] && echo "t5-$i" >>"$work/t5.acked"
 done
-cat "$work"/t2.acked "$work"/t3.acked "$work"/t4.acked "$work"/t5.acked 2>/dev/null >"$work/all.acked"
+cat "$work"/t2.acked "$work"/t3.acked "$work"/t4.acked "$work"/t4b.acked "$work"/t5.acked 2>/dev/null >"$work/all.acked"
 hint="a replica that starts empty takes a snapshot (or replays the log) from the primary"
 read -r h1 s1 <<<"$(status replica-1)"
 read -r hp sp <<<"$(status primary)"
