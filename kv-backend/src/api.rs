@@ -89,9 +89,39 @@ pub async fn method_disabled() -> Error {
 
 /// Every request under `/api/{*rest}`.
 pub async fn dispatch(State(state): State<AppState>, request: Request) -> Result<Response> {
-    let path = request.uri().path();
-    let target = route(path.strip_prefix("/api/").unwrap_or_default())?;
+    let rest = request
+        .uri()
+        .path()
+        .strip_prefix("/api/")
+        .unwrap_or_default()
+        .to_owned();
+    serve(&state, &rest, request, true).await
+}
+
+/// Every request under the read-only mount (`/ro/{*rest}`): the same API, with
+/// every write 405 `MethodDisabled`, shadow writes included.
+pub async fn dispatch_read_only(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response> {
+    let prefix = state.read_only_prefix.as_deref().unwrap_or_default();
+    let rest = request
+        .uri()
+        .path()
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or_default()
+        .to_owned();
+    serve(&state, &rest, request, false).await
+}
+
+/// Path and version first, then the method, then the zone.
+async fn serve(state: &AppState, rest: &str, request: Request, writable: bool) -> Result<Response> {
+    let target = route(rest)?;
     let method = request.method().clone();
+    if !writable {
+        read_only(&method)?;
+    }
     match target {
         Target::Version => {
             read_only(&method)?;
@@ -103,16 +133,16 @@ pub async fn dispatch(State(state): State<AppState>, request: Request) -> Result
         }
         Target::AllZones(kind) => {
             read_only(&method)?;
-            Ok(all_zones(&state, kind))
+            Ok(all_zones(state, kind))
         }
         Target::Zone(zone) => {
             if state.store.zone(&zone).is_none() {
                 return Err(Error::ZoneNotFound(zone.name));
             }
             match method {
-                Method::GET | Method::HEAD => read_zone(&state, &zone, request.uri().query()),
+                Method::GET | Method::HEAD => read_zone(state, &zone, request.uri().query()),
                 Method::POST | Method::PATCH | Method::DELETE => {
-                    Ok(write_zone(&state, zone, request).await)
+                    Ok(write_zone(state, zone, request).await)
                 }
                 _ => Err(Error::MethodDisabled),
             }

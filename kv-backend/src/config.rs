@@ -21,6 +21,9 @@ pub const DEFAULT_LOG_CAPACITY: u64 = 100_000;
 /// Most write operations one group commit takes from the queue.
 pub const DEFAULT_MAX_BATCH: usize = 512;
 
+/// Where the read-only mount of the API lives unless `--read-only-prefix` says otherwise.
+pub const DEFAULT_READ_ONLY_PREFIX: &str = "/ro";
+
 /// The flags of the `kv-backend` binary; each also reads an environment variable.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -52,6 +55,11 @@ pub struct Cli {
     /// Commit every write on its own instead of grouping concurrent writes (benchmarks).
     #[arg(long, env = "REPLIKV_NO_GROUP_COMMIT")]
     pub no_group_commit: bool,
+
+    /// Path prefix of the read-only mount (NGINX `api write=off`): the API again,
+    /// every write 405. An empty value turns the mount off.
+    #[arg(long, env = "REPLIKV_READ_ONLY_PREFIX", default_value = DEFAULT_READ_ONLY_PREFIX)]
+    pub read_only_prefix: String,
 }
 
 /// Everything the server needs, resolved from the command line.
@@ -67,6 +75,8 @@ pub struct Config {
     pub max_body: u64,
     /// Whether concurrent writes share one commit.
     pub group_commit: bool,
+    /// Path prefix of the read-only mount (`/ro`), if any.
+    pub read_only_prefix: Option<String>,
 }
 
 impl Config {
@@ -78,6 +88,7 @@ impl Config {
             log_capacity: DEFAULT_LOG_CAPACITY,
             max_body: DEFAULT_MAX_BODY,
             group_commit: true,
+            read_only_prefix: Some(DEFAULT_READ_ONLY_PREFIX.to_owned()),
         }
     }
 
@@ -96,8 +107,39 @@ impl Config {
             log_capacity: cli.log_capacity,
             max_body: cli.max_body,
             group_commit: !cli.no_group_commit,
+            read_only_prefix: parse_read_only_prefix(&cli.read_only_prefix)?,
         })
     }
+}
+
+/// Checks a `--read-only-prefix`: empty (no mount) or `/SEGMENT[/SEGMENT...]` of
+/// `A-Z a-z 0-9 _ - .`, without a trailing slash, not clashing with `/api` or `/replikv`.
+pub fn parse_read_only_prefix(text: &str) -> Result<Option<String>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let valid = text.strip_prefix('/').is_some_and(|rest| {
+        rest.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        })
+    });
+    if !valid {
+        return Err(format!(
+            "read-only prefix {text:?}: must look like /ro or /api-ro (no trailing slash)"
+        ));
+    }
+    let first = text.split('/').nth(1).unwrap_or_default();
+    if matches!(first, "api" | "replikv" | "replicated") {
+        return Err(format!(
+            "read-only prefix {text:?}: /api, /replikv and /replicated are taken"
+        ));
+    }
+    Ok(Some(text.to_owned()))
 }
 
 /// The built-in zone `default`: 32 KiB, string keys, no timeout.
@@ -346,5 +388,28 @@ mod tests {
         assert_eq!(config.zones.len(), 3);
         assert!(!config.group_commit);
         assert_eq!(config.max_body, DEFAULT_MAX_BODY);
+        assert_eq!(config.read_only_prefix.as_deref(), Some("/ro"));
+    }
+
+    #[test]
+    fn read_only_prefix_is_a_clean_path_or_nothing() {
+        assert_eq!(parse_read_only_prefix(""), Ok(None));
+        assert_eq!(parse_read_only_prefix("/ro"), Ok(Some("/ro".into())));
+        assert_eq!(
+            parse_read_only_prefix("/api-ro/v1"),
+            Ok(Some("/api-ro/v1".into()))
+        );
+        for bad in [
+            "ro",
+            "/ro/",
+            "/",
+            "//x",
+            "/a b",
+            "/api",
+            "/replikv/x",
+            "/..",
+        ] {
+            assert!(parse_read_only_prefix(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -13,7 +13,9 @@
 //! - `PATCH /api/{v}/http/keyvals/{zone}`: change one pair, `null` deletes it (204).
 //! - `DELETE /api/{v}/http/keyvals/{zone}`: empty the zone (204).
 //! - The same under `/api/{v}/stream/keyvals/` for stream zones (`--zone stream:NAME:SIZE`).
+//! - The same API read-only under `/ro/` (`--read-only-prefix`): writes are 405.
 //! - `GET /replikv/status`: history id, seq, replication log and zone counts.
+//! - `GET /replikv/state/{http|stream}/{zone}`: the zone as an NGINX keyval state file.
 //! - `GET /replikv/log?after=N[&limit=M]`, `GET /replikv/snapshot`: catch-up
 //!   sources; `POST /replikv/apply`, `PUT /replikv/snapshot`: catch-up on a
 //!   replica (with the shadow-write headers).
@@ -30,6 +32,8 @@
 //! - [`apply`]: write operations and the rules that turn them into effects.
 //! - [`replication`]: history id, shadow-write headers and apply rule, log records.
 //! - [`catchup`]: the catch-up endpoints (log, apply, snapshot).
+//! - [`state`]: NGINX keyval `state=` files (export endpoint, parsing for import).
+//! - [`tool`]: the `kv-backend export` and `kv-backend import` subcommands.
 //! - [`store`]: the redb tables, loading at startup, the [`Store`] handle and its in-memory view.
 //! - [`writer`]: the single writer thread with group commit.
 //! - [`api`]: the HTTP handlers.
@@ -44,7 +48,9 @@ pub mod error;
 pub mod replication;
 pub mod request;
 pub mod server;
+pub mod state;
 pub mod store;
+pub mod tool;
 pub mod writer;
 pub mod zone;
 

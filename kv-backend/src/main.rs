@@ -1,14 +1,37 @@
 //! The `kv-backend` binary: parses the command line, opens the store, binds,
 //! prints `listening on ADDR` and serves until SIGTERM or SIGINT.
+//! `kv-backend export ...` and `kv-backend import ...` are the state-file tools
+//! (`tool.rs`).
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
+use replikv_kv_backend::tool::{self, Tool};
 use replikv_kv_backend::{run, AppState, Cli, Config, Store};
 
+fn main() -> ExitCode {
+    let subcommand = std::env::args_os().nth(1);
+    if subcommand
+        .as_ref()
+        .is_some_and(|arg| arg == "export" || arg == "import")
+    {
+        return match tool::run(Tool::parse()) {
+            Ok(summary) => {
+                eprintln!("kv-backend: {summary}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("kv-backend: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    serve_main()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn serve_main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

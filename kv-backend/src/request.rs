@@ -71,6 +71,11 @@ fn decode_pairs(body: &[u8]) -> Result<Vec<(String, &RawValue)>> {
     Ok(pairs)
 }
 
+/// The members of the JSON object `text`, in order, duplicates kept, values raw.
+pub(crate) fn object_members(text: &str) -> serde_json::Result<Vec<(String, &RawValue)>> {
+    serde_json::from_str::<Pairs<'_>>(text).map(|Pairs(pairs)| pairs)
+}
+
 /// `None` for `null`; the value otherwise.
 fn decode_value(raw: &RawValue) -> Result<Option<ValueSpec>> {
     let text = raw.get();

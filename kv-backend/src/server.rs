@@ -20,6 +20,7 @@ use crate::catchup;
 use crate::config::Config;
 use crate::error::Error;
 use crate::replication;
+use crate::state;
 use crate::store::Store;
 
 /// What every handler shares.
@@ -34,6 +35,8 @@ pub struct AppState {
     /// Largest accepted catch-up body (a log batch or a snapshot): room for
     /// every zone's content twice over, and never less than `max_body`.
     pub catchup_max_body: u64,
+    /// Path prefix of the read-only mount of the API (`/ro`), if any.
+    pub read_only_prefix: Option<String>,
 }
 
 impl AppState {
@@ -50,16 +53,29 @@ impl AppState {
                     sum.saturating_add(z.size.saturating_mul(2))
                 })
                 .max(config.max_body),
+            read_only_prefix: config.read_only_prefix.clone(),
         }
     }
 }
 
 /// The whole HTTP interface as a router, without a socket.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/api", any(api::versions))
         .route("/api/", any(api::versions))
-        .route("/api/{*rest}", any(api::dispatch))
+        .route("/api/{*rest}", any(api::dispatch));
+    if let Some(prefix) = &state.read_only_prefix {
+        // The same API with every write refused (NGINX `api write=off`).
+        router = router
+            .route(prefix, any(api::versions))
+            .route(&format!("{prefix}/"), any(api::versions))
+            .route(&format!("{prefix}/{{*rest}}"), any(api::dispatch_read_only));
+    }
+    router
+        .route(
+            "/replikv/state/{kind}/{zone}",
+            get(state::export).fallback(api::method_disabled),
+        )
         .route(
             "/replikv/status",
             get(api::status).fallback(api::method_disabled),

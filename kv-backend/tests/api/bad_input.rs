@@ -274,3 +274,35 @@ async fn malformed_key_argument_is_refused() {
     let response = app.get(&format!("{ONE}?key=%61")).await;
     assert_eq!(response.json(), json!({"a":"1"}));
 }
+
+/// A huge number of keys in one POST: refused as a whole when the zone cannot
+/// hold them (507, nothing stored), stored as one write when it can.
+#[tokio::test]
+async fn huge_number_of_keys_in_one_post() {
+    let mut config = config();
+    config.max_body = 8 << 20;
+    config = config.with_zone(replikv_kv_backend::config::parse_zone_spec("big:16m").unwrap());
+    let app = TestApp::with_config(config);
+    let many = |n: usize| {
+        let object: serde_json::Map<String, serde_json::Value> =
+            (0..n).map(|i| (format!("k{i}"), json!("v"))).collect();
+        serde_json::Value::Object(object).to_string()
+    };
+    // 100 000 pairs (1.3 MB) into the 32 KiB zone `default`.
+    app.post("/api/9/http/keyvals/default", &many(100_000))
+        .await
+        .assert_error(507, "KeyvalZoneFull");
+    assert_eq!(app.zone("default").await, json!({}));
+    assert_eq!(app.seq().await, 0);
+    // 10 000 pairs into a zone that holds them: one write, one seq.
+    let response = app.post("/api/9/http/keyvals/big", &many(10_000)).await;
+    assert_eq!(response.status, StatusCode::CREATED, "{response:?}");
+    assert_eq!(response.header("x-replikv-seq"), Some("1"));
+    let zone = app.zone("big").await;
+    assert_eq!(zone.as_object().unwrap().len(), 10_000);
+    assert_eq!(zone["k9999"], "v");
+    // One key too many for the zone's size, in a non-empty zone: one pair per call.
+    app.post("/api/9/http/keyvals/big", &many(2))
+        .await
+        .assert_error(400, "KeyvalFormatError");
+}

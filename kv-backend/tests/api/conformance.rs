@@ -470,3 +470,93 @@ async fn status_reports_history_seq_and_zone_counts() {
     assert_eq!(status["zones"]["default"]["size"], 32768);
     assert_eq!(status["log"]["records"], 2);
 }
+
+/// Checklist 28: the read-only mount (`/ro`, NGINX `api write=off`) serves
+/// every read of the API and answers every write 405 MethodDisabled.
+#[tokio::test]
+async fn read_only_mount_serves_reads_and_refuses_every_write() {
+    let app = TestApp::new();
+    app.post(ONE, r#"{"a":"1"}"#).await;
+    let ro = "/ro/9/http/keyvals/one";
+    for (method, body) in [
+        (Method::POST, r#"{"b":"2"}"#),
+        (Method::PATCH, r#"{"a":"2"}"#),
+        (Method::DELETE, ""),
+        (Method::PUT, r#"{"b":"2"}"#),
+    ] {
+        let text = app
+            .call(method.clone(), ro, body.as_bytes(), &[])
+            .await
+            .assert_error(405, "MethodDisabled");
+        assert_eq!(text, "method disabled", "{method}");
+    }
+    // Also for a zone that does not exist, and for a shadow write.
+    app.post("/ro/9/http/keyvals/nozone", r#"{"b":"2"}"#)
+        .await
+        .assert_error(405, "MethodDisabled");
+    app.call(
+        Method::POST,
+        ro,
+        br#"{"b":"2"}"#,
+        &[("x-replication-seq", "2")],
+    )
+    .await
+    .assert_error(405, "MethodDisabled");
+    assert_eq!(app.zone("one").await, json!({"a":"1"}));
+    assert_eq!(app.seq().await, 1);
+
+    assert_eq!(app.get(ro).await.json(), json!({"a":"1"}));
+    assert_eq!(
+        app.get(&format!("{ro}?key=a")).await.json(),
+        json!({"a":"1"})
+    );
+    for path in ["/ro", "/ro/"] {
+        assert_eq!(app.get(path).await.json(), json!([4, 5, 6, 7, 8, 9]));
+    }
+    assert_eq!(app.get("/ro/9/").await.json(), json!(["http", "stream"]));
+    assert_eq!(
+        app.get("/ro/9/http/keyvals").await.json(),
+        app.get("/api/9/http/keyvals").await.json()
+    );
+    app.get(&format!("{ro}?key=zz"))
+        .await
+        .assert_error(404, "KeyvalKeyNotFound");
+    app.get("/ro/9/http/keyvals/nozone")
+        .await
+        .assert_error(404, "KeyvalNotFound");
+    app.get("/ro/99/http/keyvals/")
+        .await
+        .assert_error(404, "UnknownVersion");
+    app.get("/ro/9/nosuch")
+        .await
+        .assert_error(404, "PathNotFound");
+    assert_eq!(
+        app.get("/ro/9/stream/keyvals/s").await.status,
+        StatusCode::OK
+    );
+}
+
+/// `--read-only-prefix` moves the mount; an empty one removes it.
+#[tokio::test]
+async fn read_only_mount_follows_its_configured_prefix() {
+    let mut config = crate::helpers::config();
+    config.read_only_prefix = Some("/api-ro".into());
+    let app = TestApp::with_config(config);
+    assert_eq!(
+        app.get("/api-ro/9/http/keyvals/one").await.status,
+        StatusCode::OK
+    );
+    app.post("/api-ro/9/http/keyvals/one", r#"{"a":"1"}"#)
+        .await
+        .assert_error(405, "MethodDisabled");
+    app.get("/ro/9/http/keyvals/one")
+        .await
+        .assert_error(404, "PathNotFound");
+
+    let mut config = crate::helpers::config();
+    config.read_only_prefix = None;
+    let app = TestApp::with_config(config);
+    app.get("/ro/9/http/keyvals/one")
+        .await
+        .assert_error(404, "PathNotFound");
+}
