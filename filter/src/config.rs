@@ -49,6 +49,18 @@ struct RawConfig {
     retry_backoff_ms: [u64; 2],
     #[serde(default = "default_max_queue_bytes")]
     max_queue_bytes: usize,
+    #[serde(default = "default_backend_cluster")]
+    backend_cluster: String,
+    #[serde(default = "default_detach_after_ms")]
+    detach_after_ms: u64,
+    #[serde(default = "default_probe_interval_ms")]
+    probe_interval_ms: u64,
+    #[serde(default = "default_catchup_batch")]
+    catchup_batch: u32,
+    #[serde(default)]
+    min_replica_acks: usize,
+    #[serde(default = "default_replica_ack_timeout_ms")]
+    replica_ack_timeout_ms: u64,
 }
 
 fn default_source_header() -> String {
@@ -84,6 +96,26 @@ fn default_retry_backoff_ms() -> [u64; 2] {
 
 fn default_max_queue_bytes() -> usize {
     16 * 1024 * 1024
+}
+
+fn default_backend_cluster() -> String {
+    "kv_backend".to_owned()
+}
+
+fn default_detach_after_ms() -> u64 {
+    2_000
+}
+
+fn default_probe_interval_ms() -> u64 {
+    1_000
+}
+
+fn default_catchup_batch() -> u32 {
+    500
+}
+
+fn default_replica_ack_timeout_ms() -> u64 {
+    2_000
 }
 
 /// Exponential retry delays for shadow writes: `first` ms, doubled per failed
@@ -123,6 +155,20 @@ pub struct Config {
     pub shadow_timeout_ms: u64,
     pub retry_backoff: Backoff,
     pub max_queue_bytes: usize,
+    /// The Envoy cluster of this node's own kv-backend (status, log, snapshot).
+    pub backend_cluster: String,
+    /// A replica whose shadow writes have failed for this long is detached: its
+    /// queue is dropped and it catches up from the log instead.
+    pub detach_after_ms: u64,
+    /// How often the catch-up leader compares each replica with the primary.
+    pub probe_interval_ms: u64,
+    /// Log entries per catch-up batch.
+    pub catchup_batch: u32,
+    /// Replicas that must have applied a write before the primary answers it.
+    pub min_replica_acks: usize,
+    /// How long a write waits for those acknowledgements (and the longest a
+    /// client may ask for with `x-replikv-ack-timeout-ms`).
+    pub replica_ack_timeout_ms: u64,
 }
 
 // The secret must never reach a log line, so Debug is written by hand.
@@ -140,6 +186,12 @@ impl fmt::Debug for Config {
             .field("shadow_timeout_ms", &self.shadow_timeout_ms)
             .field("retry_backoff", &self.retry_backoff)
             .field("max_queue_bytes", &self.max_queue_bytes)
+            .field("backend_cluster", &self.backend_cluster)
+            .field("detach_after_ms", &self.detach_after_ms)
+            .field("probe_interval_ms", &self.probe_interval_ms)
+            .field("catchup_batch", &self.catchup_batch)
+            .field("min_replica_acks", &self.min_replica_acks)
+            .field("replica_ack_timeout_ms", &self.replica_ack_timeout_ms)
             .finish()
     }
 }
@@ -262,6 +314,39 @@ impl Config {
         if raw.max_queue_bytes == 0 {
             return refuse("\"max_queue_bytes\" must be positive");
         }
+        if raw.backend_cluster.is_empty()
+            || raw
+                .backend_cluster
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return refuse(format!(
+                "\"backend_cluster\" is not an Envoy cluster name: {:?}",
+                raw.backend_cluster
+            ));
+        }
+        if raw.replicas.contains(&raw.backend_cluster) {
+            return refuse("\"backend_cluster\" must not be one of the \"replicas\"");
+        }
+        if raw.detach_after_ms == 0 {
+            return refuse("\"detach_after_ms\" must be positive");
+        }
+        if !(100..=60_000).contains(&raw.probe_interval_ms) {
+            return refuse("\"probe_interval_ms\" must be between 100 and 60000");
+        }
+        if !(1..=10_000).contains(&raw.catchup_batch) {
+            return refuse("\"catchup_batch\" must be between 1 and 10000");
+        }
+        if raw.min_replica_acks > raw.replicas.len() {
+            return refuse(format!(
+                "\"min_replica_acks\" is {} but only {} replicas are listed",
+                raw.min_replica_acks,
+                raw.replicas.len()
+            ));
+        }
+        if raw.replica_ack_timeout_ms == 0 || raw.replica_ack_timeout_ms > u64::from(u32::MAX) {
+            return refuse("\"replica_ack_timeout_ms\" must be between 1 and 4294967295");
+        }
 
         Ok(Config {
             role: raw.role,
@@ -275,6 +360,12 @@ impl Config {
             shadow_timeout_ms: raw.shadow_timeout_ms,
             retry_backoff: Backoff { first_ms, max_ms },
             max_queue_bytes: raw.max_queue_bytes,
+            backend_cluster: raw.backend_cluster,
+            detach_after_ms: raw.detach_after_ms,
+            probe_interval_ms: raw.probe_interval_ms,
+            catchup_batch: raw.catchup_batch,
+            min_replica_acks: raw.min_replica_acks,
+            replica_ack_timeout_ms: raw.replica_ack_timeout_ms,
         })
     }
 
@@ -506,6 +597,33 @@ mod tests {
         let delays: Vec<u64> = (1..=9).map(|n| b.delay_ms(n)).collect();
         assert_eq!(delays, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
         assert_eq!(b.delay_ms(u32::MAX), 1000);
+    }
+
+    #[test]
+    fn replication_fields_have_defaults_and_bounds() {
+        let c = parse(r#"{"role":"primary","replicas":["r1"]}"#).unwrap();
+        assert_eq!(c.backend_cluster, "kv_backend");
+        assert_eq!(c.detach_after_ms, 2_000);
+        assert_eq!(c.probe_interval_ms, 1_000);
+        assert_eq!(c.catchup_batch, 500);
+        assert_eq!(c.min_replica_acks, 0);
+        assert_eq!(c.replica_ack_timeout_ms, 2_000);
+        let c = parse(
+            r#"{"role":"primary","replicas":["r1","r2"],"min_replica_acks":2,"replica_ack_timeout_ms":500}"#,
+        )
+        .unwrap();
+        assert_eq!((c.min_replica_acks, c.replica_ack_timeout_ms), (2, 500));
+        assert!(
+            refusal(r#"{"role":"primary","replicas":["r1"],"min_replica_acks":2}"#)
+                .contains("only 1 replicas")
+        );
+        assert!(
+            refusal(r#"{"role":"primary","probe_interval_ms":5}"#).contains("probe_interval_ms")
+        );
+        assert!(refusal(r#"{"role":"primary","catchup_batch":0}"#).contains("catchup_batch"));
+        assert!(
+            refusal(r#"{"role":"primary","replicas":["kv_backend"]}"#).contains("backend_cluster")
+        );
     }
 
     #[test]

@@ -31,18 +31,46 @@ pub enum Decision {
     Forward { strip: Vec<String>, shadow: bool },
     /// Replica, write whose replication headers are not a valid proof: 403.
     Reject403 { reason: ProofError },
+    /// A client write to replikv's internal endpoints (`/replikv/...`), on
+    /// either role: 403 `ReplicationForbidden`, nothing goes upstream.
+    Forbidden { text: &'static str },
+    /// `GET /replikv/replication`: the filter answers with the node's
+    /// replication state itself.
+    ServeStatus,
 }
+
+/// The path the filter answers itself with the node's replication state.
+pub const STATUS_PATH: &str = "/replikv/replication";
+
+/// The text of the 403 for a client write to an internal endpoint.
+pub const INTERNAL_WRITE_TEXT: &str =
+    "replikv's internal endpoints accept writes only from the primary's replication";
 
 /// Decides what happens to a request; see docs/protocol.md for each role.
 pub fn decide(config: &Config, req: &RequestView<'_>) -> Decision {
     let strip = replication_header_names(req.headers);
-    let is_api_write = config.is_write(req.method) && is_api_path(config, req.path);
+    let is_write = config.is_write(req.method);
+    let path_only = req.path.split(['?', '#']).next().unwrap_or_default();
+    if !is_write
+        && path_only == STATUS_PATH
+        && (req.method.eq_ignore_ascii_case("GET") || req.method.eq_ignore_ascii_case("HEAD"))
+    {
+        return Decision::ServeStatus;
+    }
+    let is_internal_write = is_write && is_internal_path(path_only);
+    let is_api_write = is_write && !is_internal_write && is_api_path(config, req.path);
     match config.role {
+        Role::Primary if is_internal_write => Decision::Forbidden {
+            text: INTERNAL_WRITE_TEXT,
+        },
+        Role::Replica if is_internal_write && strip.is_empty() => Decision::Forbidden {
+            text: INTERNAL_WRITE_TEXT,
+        },
         Role::Primary => Decision::Forward {
             strip,
             shadow: is_api_write,
         },
-        Role::Replica if !is_api_write => Decision::Forward {
+        Role::Replica if !is_api_write && !is_internal_write => Decision::Forward {
             strip,
             shadow: false,
         },
@@ -76,6 +104,15 @@ pub(crate) fn replication_header_names(headers: &[(String, String)]) -> Vec<Stri
         }
     }
     names
+}
+
+/// Whether `path` (without query) names replikv's internal endpoints, or could
+/// after a later stage resolves dot segments or escapes.
+fn is_internal_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower == "/replikv"
+        || lower.starts_with("/replikv/")
+        || (is_ambiguous(path) && lower.contains("replikv"))
 }
 
 /// Whether `path` reaches the keyval API. A path whose meaning a later stage
@@ -290,7 +327,7 @@ mod tests {
             ("x_replication_source", "primary"),
         ]);
         for config in [replica(), primary()] {
-            let d = run(&config, "POST", "/replikv/status", &headers);
+            let d = run(&config, "GET", "/replikv/status", &headers);
             assert_eq!(
                 d,
                 Decision::Forward {
@@ -311,7 +348,7 @@ mod tests {
             assert!(
                 matches!(
                     run(&replica(), "POST", path, &[]),
-                    Decision::Redirect307 { .. }
+                    Decision::Redirect307 { .. } | Decision::Forbidden { .. }
                 ),
                 "{path}"
             );
@@ -319,8 +356,65 @@ mod tests {
     }
 
     #[test]
+    fn client_writes_to_internal_endpoints_are_forbidden_on_both_roles() {
+        for config in [replica(), primary()] {
+            for (method, path) in [
+                ("PUT", "/replikv/snapshot"),
+                ("POST", "/replikv/apply"),
+                ("post", "/replikv/apply?x=1"),
+                ("DELETE", "/replikv/status"),
+                ("PUT", "/REPLIKV/snapshot"),
+                ("PUT", "/replikv"),
+            ] {
+                assert_eq!(
+                    run(&config, method, path, &[]),
+                    Decision::Forbidden {
+                        text: INTERNAL_WRITE_TEXT
+                    },
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn signed_looking_internal_write_is_forbidden_on_the_primary() {
+        let path = "/replikv/snapshot";
+        let headers = signed_headers("PUT", path, b"{}");
+        assert!(matches!(
+            run(&primary(), "PUT", path, &headers),
+            Decision::Forbidden { .. }
+        ));
+    }
+
+    #[test]
+    fn internal_write_with_a_proof_is_verified_on_a_replica() {
+        let path = "/replikv/apply";
+        let headers = signed_headers("POST", path, b"{}");
+        assert!(matches!(
+            run(&replica(), "POST", path, &headers),
+            Decision::VerifyReplication { .. }
+        ));
+        let forged = h(&[("x-replication-source", "primary")]);
+        assert!(matches!(
+            run(&replica(), "PUT", "/replikv/snapshot", &forged),
+            Decision::Reject403 { .. }
+        ));
+    }
+
+    #[test]
+    fn status_path_is_served_by_the_filter() {
+        for config in [replica(), primary()] {
+            assert_eq!(
+                run(&config, "GET", "/replikv/replication?x", &[]),
+                Decision::ServeStatus
+            );
+        }
+    }
+
+    #[test]
     fn query_does_not_make_a_path_api() {
-        let d = run(&replica(), "POST", "/replikv/status?x=/api/", &[]);
+        let d = run(&replica(), "GET", "/replikv/status?x=/api/", &[]);
         assert_eq!(
             d,
             Decision::Forward {

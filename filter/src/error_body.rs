@@ -10,6 +10,16 @@ pub(crate) const NGINX_API_HREF: &str = "https://nginx.org/en/docs/http/ngx_http
 /// The `code` of a refused replication request.
 pub(crate) const REPLICATION_FORBIDDEN: &str = "ReplicationForbidden";
 
+/// The `code` of a replayed replication request.
+pub(crate) const REPLICATION_REPLAY: &str = "ReplicationReplay";
+
+/// The `code` of a write applied on the primary but not acknowledged by enough
+/// replicas in time.
+pub(crate) const REPLICATION_TIMEOUT: &str = "ReplicationTimeout";
+
+/// The `code` of an invalid `x-replikv-min-acks` / `x-replikv-ack-timeout-ms`.
+pub(crate) const REPLICATION_ACK_INVALID: &str = "ReplicationAckInvalid";
+
 #[derive(Serialize)]
 struct Body<'a> {
     error: Error<'a>,

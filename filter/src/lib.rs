@@ -28,11 +28,15 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod acks;
+pub mod catchup;
 pub mod config;
 pub mod decide;
 pub mod error_body;
 pub mod proof;
+pub mod replay;
 pub mod shipper;
+pub mod status;
 
 mod http;
 mod metrics;

@@ -6,6 +6,11 @@
 //! Every Envoy worker has its own VM, so several shippers send to the same
 //! replica; a replica that gets seq N+1 before another worker's N answers 409
 //! `ReplicationGap`, and the later write is simply retried after a backoff.
+//!
+//! The shipper is a fast path, not the source of truth: a replica that keeps
+//! failing for `detach_after_ms` is *detached* (its queued writes are dropped
+//! and new ones are not buffered for a while), and the catch-up leader
+//! ([`crate::catchup`]) brings it up to date from the primary's durable log.
 
 use crate::config::Backoff;
 use std::collections::VecDeque;
@@ -94,6 +99,23 @@ pub enum Event {
     /// A reply for an attempt the shipper no longer waits for (it expired, or
     /// its write was dropped); nothing changed.
     Stale,
+    /// The replica kept failing: its `dropped` queued writes were given up, and
+    /// it is left to catch up from the log; new writes are not buffered for it
+    /// until `until_ms`.
+    Detached {
+        cluster: String,
+        dropped: usize,
+        until_ms: u64,
+    },
+}
+
+/// What [`Shipper::enqueue`] did besides queueing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Enqueued {
+    /// Queued writes given up to stay within the byte bound.
+    pub dropped: usize,
+    /// Replicas this write was not queued for because they are detached.
+    pub deferred: usize,
 }
 
 #[derive(Debug)]
@@ -116,6 +138,12 @@ struct Lane {
     cluster: String,
     queue: VecDeque<Entry>,
     in_flight: Option<InFlight>,
+    /// Highest seq this replica is known to hold (0: nothing known).
+    confirmed: u64,
+    /// When the current run of failures began (`None` after a success).
+    failing_since: Option<u64>,
+    /// While detached: nothing is buffered for this replica before this instant.
+    detached_until: u64,
 }
 
 /// All replicas' queues of one VM.
@@ -126,12 +154,20 @@ pub struct Shipper {
     max_bytes: usize,
     backoff: Backoff,
     timeout_ms: u64,
+    detach_after_ms: u64,
     next_attempt_id: u64,
 }
 
 impl Shipper {
-    /// A shipper towards `clusters`, holding at most `max_bytes` of writes in all.
-    pub fn new(clusters: &[String], max_bytes: usize, backoff: Backoff, timeout_ms: u64) -> Self {
+    /// A shipper towards `clusters`, holding at most `max_bytes` of writes in
+    /// all, detaching a replica that has failed for `detach_after_ms`.
+    pub fn new(
+        clusters: &[String],
+        max_bytes: usize,
+        backoff: Backoff,
+        timeout_ms: u64,
+        detach_after_ms: u64,
+    ) -> Self {
         Shipper {
             lanes: clusters
                 .iter()
@@ -139,27 +175,35 @@ impl Shipper {
                     cluster: c.clone(),
                     queue: VecDeque::new(),
                     in_flight: None,
+                    confirmed: 0,
+                    failing_since: None,
+                    detached_until: 0,
                 })
                 .collect(),
             bytes: 0,
             max_bytes,
             backoff,
             timeout_ms,
+            detach_after_ms,
             next_attempt_id: 1,
         }
     }
 
-    /// Queues `write` for every replica, in seq order; a seq already queued for
-    /// a replica is not queued twice. Returns how many queued writes were dropped
-    /// to stay within the byte bound (oldest first; a write larger than the whole
-    /// bound is dropped itself).
-    pub fn enqueue(&mut self, write: ShadowWrite) -> usize {
+    /// Queues `write` for every attached replica, in seq order; a seq already
+    /// queued for a replica is not queued twice. Queued writes are dropped
+    /// (oldest first; a write larger than the whole bound is dropped itself) to
+    /// stay within the byte bound: the log has them.
+    pub fn enqueue(&mut self, write: ShadowWrite, now_ms: u64) -> Enqueued {
         let write = Rc::new(write);
         let cost = write.cost();
-        let mut dropped = 0;
+        let mut out = Enqueued::default();
         for lane in &mut self.lanes {
+            if lane.detached_until > now_ms {
+                out.deferred += 1;
+                continue;
+            }
             if cost > self.max_bytes {
-                dropped += 1;
+                out.dropped += 1;
                 continue;
             }
             let pos = lane.queue.partition_point(|e| e.write.seq < write.seq);
@@ -184,9 +228,39 @@ impl Shipper {
             if !self.drop_oldest() {
                 break;
             }
-            dropped += 1;
+            out.dropped += 1;
         }
-        dropped
+        out
+    }
+
+    /// The highest seq `cluster` is known to hold, from the replies seen here.
+    pub fn confirmed(&self, cluster: &str) -> u64 {
+        self.lanes
+            .iter()
+            .find(|l| l.cluster == cluster)
+            .map_or(0, |l| l.confirmed)
+    }
+
+    /// Records that `cluster` holds `seq` (learnt elsewhere, e.g. by catch-up),
+    /// settling the queued writes it covers.
+    pub fn note_confirmed(&mut self, cluster: &str, seq: u64) -> usize {
+        let Some(lane) = self.lanes.iter_mut().find(|l| l.cluster == cluster) else {
+            return 0;
+        };
+        lane.confirmed = lane.confirmed.max(seq);
+        let mut settled = 0;
+        let in_flight = lane.in_flight.as_ref().map(|f| f.seq);
+        while lane
+            .queue
+            .front()
+            .is_some_and(|e| e.write.seq <= seq && Some(e.write.seq) != in_flight)
+        {
+            if let Some(entry) = lane.queue.pop_front() {
+                self.bytes = self.bytes.saturating_sub(entry.write.cost());
+                settled += 1;
+            }
+        }
+        settled
     }
 
     /// Removes the lowest-seq write of all lanes. An attempt in flight for it
@@ -298,6 +372,9 @@ impl Shipper {
         };
 
         if let Some(up_to) = delivered_up_to {
+            lane.confirmed = lane.confirmed.max(up_to);
+            lane.failing_since = None;
+            let up_to = lane.confirmed;
             let mut settled = 0;
             while lane.queue.front().is_some_and(|e| e.write.seq <= up_to) {
                 if let Some(entry) = lane.queue.pop_front() {
@@ -312,6 +389,20 @@ impl Shipper {
             };
         }
 
+        let failing_since = *lane.failing_since.get_or_insert(now_ms);
+        if now_ms.saturating_sub(failing_since) >= self.detach_after_ms {
+            let dropped = lane.queue.len();
+            for entry in lane.queue.drain(..) {
+                self.bytes = self.bytes.saturating_sub(entry.write.cost());
+            }
+            lane.failing_since = None;
+            lane.detached_until = now_ms.saturating_add(self.detach_after_ms);
+            return Event::Detached {
+                cluster: lane.cluster.clone(),
+                dropped,
+                until_ms: lane.detached_until,
+            };
+        }
         // The write may have been dropped while in flight; then only the lane is freed.
         let Some(entry) = lane.queue.iter_mut().find(|e| e.write.seq == seq) else {
             return Event::Stale;
@@ -367,9 +458,23 @@ mod tests {
         }
     }
 
+    const DETACH: u64 = 60_000;
+
     fn shipper(clusters: &[&str]) -> Shipper {
         let clusters: Vec<String> = clusters.iter().map(|c| (*c).to_owned()).collect();
-        Shipper::new(&clusters, 1 << 20, BACKOFF, TIMEOUT)
+        Shipper::new(&clusters, 1 << 20, BACKOFF, TIMEOUT, DETACH)
+    }
+
+    fn bounded(clusters: &[&str], max_bytes: usize) -> Shipper {
+        let clusters: Vec<String> = clusters.iter().map(|c| (*c).to_owned()).collect();
+        Shipper::new(&clusters, max_bytes, BACKOFF, TIMEOUT, DETACH)
+    }
+
+    impl Shipper {
+        /// Enqueue at time 0, returning only the number dropped.
+        fn push(&mut self, w: ShadowWrite) -> usize {
+            self.enqueue(w, 0).dropped
+        }
     }
 
     fn ok() -> Outcome {
@@ -396,7 +501,7 @@ mod tests {
     #[test]
     fn write_is_sent_to_every_replica() {
         let mut s = shipper(&["r1", "r2"]);
-        assert_eq!(s.enqueue(write(1)), 0);
+        assert_eq!(s.push(write(1)), 0);
         let a = s.poll(0);
         assert_eq!(seqs(&a), [("r1".into(), 1), ("r2".into(), 1)]);
         assert!(a.iter().all(|a| !a.is_retry));
@@ -406,8 +511,8 @@ mod tests {
     #[test]
     fn one_request_in_flight_per_replica() {
         let mut s = shipper(&["r1"]);
-        s.enqueue(write(1));
-        s.enqueue(write(2));
+        s.push(write(1));
+        s.push(write(2));
         let first = s.poll(0);
         assert_eq!(seqs(&first), [("r1".into(), 1)]);
         assert!(s.poll(1).is_empty());
@@ -418,7 +523,7 @@ mod tests {
     #[test]
     fn success_drops_the_write() {
         let mut s = shipper(&["r1"]);
-        s.enqueue(write(1));
+        s.push(write(1));
         let a = s.poll(0);
         let event = s.on_reply(a[0].id, ok(), 1);
         assert_eq!(
@@ -437,9 +542,9 @@ mod tests {
     #[test]
     fn queue_is_kept_sorted_by_seq() {
         let mut s = shipper(&["r1"]);
-        s.enqueue(write(3));
-        s.enqueue(write(1));
-        s.enqueue(write(2));
+        s.push(write(3));
+        s.push(write(1));
+        s.push(write(2));
         let mut sent = Vec::new();
         for now in 0..3 {
             let a = s.poll(now);
@@ -452,15 +557,15 @@ mod tests {
     #[test]
     fn same_seq_is_not_queued_twice() {
         let mut s = shipper(&["r1"]);
-        s.enqueue(write(1));
-        s.enqueue(write(1));
+        s.push(write(1));
+        s.push(write(1));
         assert_eq!(s.queued(), 1);
     }
 
     #[test]
     fn gap_reply_is_retried_after_backoff() {
         let mut s = shipper(&["r1"]);
-        s.enqueue(write(5));
+        s.push(write(5));
         let a = s.poll(100);
         let event = s.on_reply(a[0].id, gap(3), 100);
         assert_eq!(
@@ -481,7 +586,7 @@ mod tests {
     #[test]
     fn backoff_doubles_with_each_failure_up_to_the_maximum() {
         let mut s = shipper(&["r1"]);
-        s.enqueue(write(1));
+        s.push(write(1));
         let mut now = 0;
         let mut delays = Vec::new();
         for _ in 0..9 {
@@ -501,7 +606,7 @@ mod tests {
     #[test]
     fn server_error_is_retried() {
         let mut s = shipper(&["r1"]);
-        s.enqueue(write(1));
+        s.push(write(1));
         let a = s.poll(0);
         let reply = Outcome::Reply {
             status: 503,
@@ -520,7 +625,7 @@ mod tests {
     #[test]
     fn reply_showing_replica_already_has_the_write_drops_it() {
         let mut s = shipper(&["r1"]);
-        s.enqueue(write(4));
+        s.push(write(4));
         let a = s.poll(0);
         // Another worker's shipper got there first: the replica reports seq 4.
         let event = s.on_reply(a[0].id, gap(4), 0);
@@ -532,7 +637,7 @@ mod tests {
     fn reply_settles_every_write_the_replica_already_has() {
         let mut s = shipper(&["r1"]);
         for seq in 1..=4 {
-            s.enqueue(write(seq));
+            s.push(write(seq));
         }
         let a = s.poll(0);
         let reply = Outcome::Reply {
@@ -553,18 +658,18 @@ mod tests {
     #[test]
     fn lower_seq_arriving_during_backoff_goes_first() {
         let mut s = shipper(&["r1"]);
-        s.enqueue(write(6));
+        s.push(write(6));
         let a = s.poll(0);
         s.on_reply(a[0].id, gap(4), 0);
-        s.enqueue(write(5));
+        s.push(write(5));
         assert_eq!(seqs(&s.poll(1)), [("r1".into(), 5)]);
     }
 
     #[test]
     fn replicas_progress_independently() {
         let mut s = shipper(&["r1", "r2"]);
-        s.enqueue(write(1));
-        s.enqueue(write(2));
+        s.push(write(1));
+        s.push(write(2));
         let a = s.poll(0);
         s.on_reply(a[0].id, Outcome::NoReply, 0);
         s.on_reply(a[1].id, ok(), 0);
@@ -574,10 +679,10 @@ mod tests {
     #[test]
     fn queue_over_bound_drops_oldest() {
         let cost = write(1).cost();
-        let mut s = Shipper::new(&["r1".to_owned()], cost * 2, BACKOFF, TIMEOUT);
-        assert_eq!(s.enqueue(write(1)), 0);
-        assert_eq!(s.enqueue(write(2)), 0);
-        assert_eq!(s.enqueue(write(3)), 1);
+        let mut s = bounded(&["r1"], cost * 2);
+        assert_eq!(s.push(write(1)), 0);
+        assert_eq!(s.push(write(2)), 0);
+        assert_eq!(s.push(write(3)), 1);
         assert_eq!(s.queued(), 2);
         assert_eq!(s.queued_bytes(), cost * 2);
         assert_eq!(seqs(&s.poll(0)), [("r1".into(), 2)]);
@@ -585,8 +690,8 @@ mod tests {
 
     #[test]
     fn write_larger_than_the_bound_is_dropped() {
-        let mut s = Shipper::new(&["r1".to_owned(), "r2".to_owned()], 64, BACKOFF, TIMEOUT);
-        assert_eq!(s.enqueue(write(1)), 2);
+        let mut s = bounded(&["r1", "r2"], 64);
+        assert_eq!(s.push(write(1)), 2);
         assert_eq!(s.queued(), 0);
         assert!(!s.is_busy());
     }
@@ -594,10 +699,10 @@ mod tests {
     #[test]
     fn reply_for_a_dropped_write_only_frees_the_lane() {
         let cost = write(1).cost();
-        let mut s = Shipper::new(&["r1".to_owned()], cost, BACKOFF, TIMEOUT);
-        s.enqueue(write(1));
+        let mut s = bounded(&["r1"], cost);
+        s.push(write(1));
         let a = s.poll(0);
-        assert_eq!(s.enqueue(write(2)), 1);
+        assert_eq!(s.push(write(2)), 1);
         assert_eq!(s.on_reply(a[0].id, Outcome::NoReply, 0), Event::Stale);
         assert_eq!(seqs(&s.poll(0)), [("r1".into(), 2)]);
     }
@@ -605,7 +710,7 @@ mod tests {
     #[test]
     fn overdue_attempt_is_counted_failed_and_its_late_reply_ignored() {
         let mut s = shipper(&["r1"]);
-        s.enqueue(write(1));
+        s.push(write(1));
         let a = s.poll(0);
         assert!(s.expire(TIMEOUT).is_empty());
         let events = s.expire(TIMEOUT + LOST_REPLY_GRACE_MS);
@@ -630,8 +735,80 @@ mod tests {
     #[test]
     fn shipper_without_replicas_queues_nothing() {
         let mut s = shipper(&[]);
-        assert_eq!(s.enqueue(write(1)), 0);
+        assert_eq!(s.push(write(1)), 0);
         assert!(!s.is_busy());
         assert!(s.poll(0).is_empty());
+    }
+
+    #[test]
+    fn replica_failing_for_too_long_is_detached_then_reattached() {
+        let clusters = ["r1".to_owned()];
+        let mut s = Shipper::new(&clusters, 1 << 20, BACKOFF, TIMEOUT, 100);
+        s.enqueue(write(1), 0);
+        s.enqueue(write(2), 0);
+        let a = s.poll(0);
+        assert!(matches!(
+            s.on_reply(a[0].id, Outcome::NoReply, 0),
+            Event::Failed { .. }
+        ));
+        let a = s.poll(50);
+        assert!(matches!(
+            s.on_reply(a[0].id, Outcome::NoReply, 50),
+            Event::Failed { .. }
+        ));
+        let a = s.poll(120);
+        assert_eq!(
+            s.on_reply(a[0].id, Outcome::NoReply, 120),
+            Event::Detached {
+                cluster: "r1".into(),
+                dropped: 2,
+                until_ms: 220
+            }
+        );
+        assert!(!s.is_busy());
+        assert_eq!(s.queued_bytes(), 0);
+        assert_eq!(
+            s.enqueue(write(3), 200),
+            Enqueued {
+                dropped: 0,
+                deferred: 1
+            }
+        );
+        assert_eq!(s.queued(), 0);
+        assert_eq!(s.enqueue(write(4), 220), Enqueued::default());
+        assert_eq!(seqs(&s.poll(220)), [("r1".into(), 4)]);
+    }
+
+    #[test]
+    fn success_resets_the_failure_run() {
+        let clusters = ["r1".to_owned()];
+        let mut s = Shipper::new(&clusters, 1 << 20, BACKOFF, TIMEOUT, 100);
+        s.enqueue(write(1), 0);
+        s.enqueue(write(2), 0);
+        let a = s.poll(0);
+        s.on_reply(a[0].id, Outcome::NoReply, 0);
+        let a = s.poll(90);
+        s.on_reply(a[0].id, ok(), 90);
+        let a = s.poll(150);
+        assert!(matches!(
+            s.on_reply(a[0].id, Outcome::NoReply, 150),
+            Event::Failed { .. }
+        ));
+        assert_eq!(s.confirmed("r1"), 1);
+    }
+
+    #[test]
+    fn confirmation_learnt_elsewhere_settles_queued_writes() {
+        let mut s = shipper(&["r1"]);
+        for seq in 1..=3 {
+            s.push(write(seq));
+        }
+        let a = s.poll(0);
+        // seq 1 is in flight: it stays until its reply.
+        assert_eq!(s.note_confirmed("r1", 2), 0);
+        s.on_reply(a[0].id, ok(), 0);
+        assert_eq!(s.confirmed("r1"), 2);
+        assert_eq!(seqs(&s.poll(0)), [("r1".into(), 3)]);
+        assert_eq!(s.note_confirmed("nope", 9), 0);
     }
 }
