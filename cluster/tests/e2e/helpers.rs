@@ -19,10 +19,22 @@ pub struct TestCluster {
 
 /// Starts a cluster with `replicas` replica nodes on free ports.
 pub async fn spawn_cluster(replicas: usize) -> TestCluster {
+    spawn_cluster_with(replicas, &[], &[]).await
+}
+
+/// Like [`spawn_cluster`], every kv-backend started with these `--zone` specs
+/// and extra arguments.
+pub async fn spawn_cluster_with(
+    replicas: usize,
+    zones: &[&str],
+    backend_args: &[&str],
+) -> TestCluster {
     let dir = tempfile::tempdir().expect("temp dir");
     let binaries = Binaries::locate(&workspace_root()).expect("binaries (run `make e2e`)");
     let topology = Topology::local(replicas, PortPlan::Ephemeral).expect("topology");
-    let options = ClusterOptions::new(dir.path()).expect("options");
+    let mut options = ClusterOptions::new(dir.path()).expect("options");
+    options.zones = zones.iter().map(|z| z.to_string()).collect();
+    options.backend_args = backend_args.iter().map(|a| a.to_string()).collect();
     let cluster = Cluster::start(topology, &binaries, options)
         .await
         .expect("cluster starts");

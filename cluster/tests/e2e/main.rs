@@ -4,6 +4,7 @@
 //! They need the release `.wasm`, a kv-backend binary and Envoy (`make e2e`
 //! builds and finds all three; see `replikv_cluster::Binaries`).
 
+mod conformance;
 mod forgery;
 mod helpers;
 mod replication;
