@@ -412,8 +412,9 @@ impl Catchup {
         if status.is_none() && step == "probe" {
             r.health = Health::Unreachable;
         }
-        // Keep the catch-up wish: the next probe decides again.
-        r.hinted = r.hinted || step != "probe";
+        // After any failure (the replica was away, or a step broke) the next
+        // probe catches up as soon as the replica is behind at all.
+        r.hinted = true;
         events.push(Event::Failed {
             replica: i,
             step,

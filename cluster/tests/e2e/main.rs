@@ -5,6 +5,7 @@
 //! builds and finds all three; see `replikv_cluster::Binaries`).
 
 mod conformance;
+mod faults;
 mod forgery;
 mod helpers;
 mod replication;
