@@ -481,6 +481,50 @@ mod tests {
         assert_eq!(stored(&store), 0, "purged from disk");
     }
 
+    /// The expiry instant is stored, not recomputed: after a reopen (later, with
+    /// another zone timeout) an entry keeps the instant decided at its write.
+    #[tokio::test]
+    async fn expiry_instants_survive_a_reopen_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let zone = |spec: &str| crate::config::parse_zone_spec(spec).unwrap();
+        let config = Config::new(dir.path()).with_zone(zone("one:1m:timeout=1h"));
+        let store = Store::open(&config).unwrap();
+        let op = |key: &str, expire_ms: Option<u64>| WriteOp::Zone {
+            zone: ZoneId::http("one"),
+            kind: WriteKind::Post(vec![(
+                key.into(),
+                ValueSpec {
+                    value: "v".into(),
+                    expire_ms,
+                },
+            )]),
+            origin: Origin::Client,
+        };
+        let Ok(Applied::Written { applied_at, .. }) =
+            store.write(op("a", Some(5_000))).await.result
+        else {
+            panic!("write refused");
+        };
+        store.write(op("b", None)).await.result.unwrap();
+        let instants = |store: &Store| {
+            store.read(|d| {
+                let zone = &d.zones[&ZoneId::http("one")];
+                (
+                    zone.entries()["a"].expires_at,
+                    zone.entries()["b"].expires_at,
+                )
+            })
+        };
+        let before = instants(&store);
+        assert_eq!(before.0, Some(applied_at + 5_000));
+        assert!(before.1.unwrap() >= applied_at + 3_600_000);
+        drop(store);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let config = Config::new(dir.path()).with_zone(zone("one:1m:timeout=2h"));
+        let store = Store::open(&config).unwrap();
+        assert_eq!(instants(&store), before);
+    }
+
     /// A snapshot restore is durable: data, history and seq survive a reopen.
     #[tokio::test]
     async fn a_restored_snapshot_survives_a_reopen() {
