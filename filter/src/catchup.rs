@@ -448,6 +448,11 @@ impl Catchup {
         };
         let target = std::mem::replace(&mut r.target, local.seq);
         let hinted = std::mem::take(&mut r.hinted);
+        if position.seq == 0 && local.seq == 0 {
+            // Both empty: the first shadow write gives the replica the history.
+            r.health = Health::Streaming;
+            return None;
+        }
         if position.history != local.history {
             if position.seq == 0 {
                 // Empty: the log from seq 1 if it still has it, else a snapshot.
@@ -787,6 +792,13 @@ mod tests {
         let mut c = Catchup::new(1, 1_000, 5_000, 100);
         let (_, call) = only(probe(&mut c, 0, 10, status(OTHER, 4)));
         assert_eq!(call, Call::FetchSnapshot { replica: 0 });
+    }
+
+    #[test]
+    fn empty_replica_of_an_empty_primary_needs_nothing() {
+        let mut c = Catchup::new(1, 1_000, 5_000, 100);
+        assert!(probe(&mut c, 0, 0, status(OTHER, 0)).is_empty());
+        assert_eq!(c.replica(0).unwrap().health, Health::Streaming);
     }
 
     #[test]
