@@ -81,7 +81,7 @@ pub enum PortPlan {
     /// `base + 1 + i`; Envoy admin ports are 9000 higher and kv-backends 8000
     /// higher (10000 → 19000 and 18001, ...).
     Fixed { base: u16 },
-    /// Free ports chosen by the kernel, so that tests can run side by side.
+    /// Free ports, so that tests can run side by side.
     Ephemeral,
 }
 
@@ -215,17 +215,43 @@ impl Topology {
     }
 }
 
-/// Asks the kernel for `count` distinct free ports on 127.0.0.1. They are free
-/// when this returns; a process started right after will almost always get them.
+/// Where [`free_ports`] looks: below Linux's default ephemeral range
+/// (32768-60999), from which the kernel picks the source ports of outgoing
+/// connections. A port chosen from that range can be taken by one of the
+/// cluster's own connections between choosing it and binding it.
+const FREE_PORT_RANGE: std::ops::Range<u16> = 20000..32000;
+
+/// Finds `count` distinct ports on 127.0.0.1 that are free now, starting at a
+/// random point of [`FREE_PORT_RANGE`] so that clusters started side by side
+/// (tests in several processes) rarely try the same ones. Within one process,
+/// a counter keeps every call on ports no earlier call handed out.
 fn free_ports(count: usize) -> Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("binding a free port on 127.0.0.1")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+    let span = usize::from(FREE_PORT_RANGE.end - FREE_PORT_RANGE.start);
+    if NEXT.load(Ordering::Relaxed) == usize::MAX {
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let start = usize::try_from(u64::from_le_bytes(seed) % span as u64).unwrap_or(0);
+        let _ = NEXT.compare_exchange(usize::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    let mut ports = Vec::with_capacity(count);
+    for _ in 0..span {
+        if ports.len() == count {
+            break;
+        }
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = FREE_PORT_RANGE.start + u16::try_from(offset).unwrap_or(0);
+        // Free means bindable now, and not in TIME_WAIT use by anything else.
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    if ports.len() < count {
+        bail!("fewer than {count} free ports in {FREE_PORT_RANGE:?} on 127.0.0.1");
+    }
+    Ok(ports)
 }
 
 #[cfg(test)]

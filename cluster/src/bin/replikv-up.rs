@@ -20,7 +20,7 @@ struct Args {
     #[arg(long, env = "REPLIKV_REPLICAS", default_value_t = 1)]
     replicas: usize,
     /// The load balancer's port; the primary gets the next one, then the replicas
-    /// (0: free ports chosen by the kernel).
+    /// (0: any free ports).
     #[arg(long, env = "REPLIKV_BASE_PORT", default_value_t = 10000)]
     base_port: u16,
     /// Where logs, rendered Envoy configs and data go.
