@@ -607,29 +607,28 @@ def median_of(runs):
     }
 
 
-def run_load(settings, topo, sid, target, mode, perf_dir):
-    port = topo.ports[target]
+def warm_up(settings, topo, sid, target, mode):
     arg = settings.keys if mode == "read" else f"{sid}w"
-    wrk(settings, port, mode, arg, settings.warmup)
-    runs = []
-    for i in range(settings.runs):
-        arg = settings.keys if mode == "read" else f"{sid}r{i}"
-        recorder = None
-        if settings.perf == sid and i == settings.runs - 1:
-            recorder = perf_record(
-                settings, topo, perf_dir / f"perf-{sid}.data", max(1, settings.duration - 1)
-            )
-        runs.append(measured(settings, topo, port, mode, arg, settings.duration))
-        if recorder:
-            recorder.wait(30)
-            perf_summary(perf_dir / f"perf-{sid}.data")
-        r = runs[-1]
-        print(
-            f"  {sid} run {i + 1}: {r['rps']:9.0f} req/s  p99 {r['latency_ms']['p99']:.2f} ms"
-            f"  {r['cpu_us_per_request'] or 0:.1f} µs CPU/req  errors {r['errors']}",
-            flush=True,
+    wrk(settings, topo.ports[target], mode, arg, settings.warmup)
+
+
+def one_run(settings, topo, sid, target, mode, i, perf_dir):
+    arg = settings.keys if mode == "read" else f"{sid}r{i}"
+    recorder = None
+    if settings.perf == sid and i == settings.runs - 1:
+        recorder = perf_record(
+            settings, topo, perf_dir / f"perf-{sid}.data", max(1, settings.duration - 1)
         )
-    return runs
+    r = measured(settings, topo, topo.ports[target], mode, arg, settings.duration)
+    if recorder:
+        recorder.wait(30)
+        perf_summary(perf_dir / f"perf-{sid}.data")
+    print(
+        f"  {sid} run {i + 1}: {r['rps']:9.0f} req/s  p99 {r['latency_ms']['p99']:.2f} ms"
+        f"  {r['cpu_us_per_request'] or 0:.1f} µs CPU/req  errors {r['errors']}",
+        flush=True,
+    )
+    return r
 
 
 # --------------------------------------------------------------------------
@@ -1038,20 +1037,66 @@ def main():
         flush=True,
     )
     results = {}
-    topo, topo_kind = None, None
     started = time.monotonic()
+    topologies = {}  # kind -> Topology
+
+    def topology(kind):
+        if kind not in topologies:
+            topologies[kind] = start_topology(settings, workdir, kind)
+        return topologies[kind]
+
+    def drop(kind):
+        topo = topologies.pop(kind, None)
+        if topo:
+            topo.stop()
+
+    def failed(sid, kind, error):
+        print(f"  {sid} failed: {error}", file=sys.stderr, flush=True)
+        results[sid] = {"error": str(error)}
+        drop(kind)
+
+    expected = (RuntimeError, OSError, subprocess.SubprocessError, ValueError, KeyError)
     try:
+        # Reads change nothing: every read topology stays up and the read
+        # scenarios take turns, run by run (in a rotating order), so that the
+        # machine's drifting background load falls on all of them alike.
+        reads = [sc for sc in SCENARIOS if sc[3] == "read" and sc[0] in wanted]
+        if reads:
+            print("reads, interleaved: " + ", ".join(sc[0] for sc in reads), flush=True)
+        live = []
+        for sid, kind, target, mode, title in reads:
+            try:
+                print(f"{sid}: {title}: starting, warming up", flush=True)
+                warm_up(settings, topology(kind), sid, target, mode)
+                live.append((sid, kind, target, mode))
+                results[sid] = {"runs": []}
+            except expected as error:
+                failed(sid, kind, error)
+        for i in range(settings.runs):
+            order = live[i % len(live) :] + live[: i % len(live)] if live else []
+            for sid, kind, target, mode in order:
+                if "error" in results[sid]:
+                    continue
+                try:
+                    results[sid]["runs"].append(
+                        one_run(settings, topology(kind), sid, target, mode, i, workdir)
+                    )
+                except expected as error:
+                    failed(sid, kind, error)
+        for sid, *_ in live:
+            if "error" not in results[sid]:
+                results[sid]["median"] = median_of(results[sid]["runs"])
+        for kind in list(topologies):
+            drop(kind)
+
+        # Writes grow the stores and leave replication work behind: each write
+        # scenario gets a fresh topology of its own, stopped before the next.
         for sid, kind, target, mode, title in SCENARIOS:
-            if sid not in wanted:
+            if sid not in wanted or mode == "read":
                 continue
             print(f"{sid}: {title}", flush=True)
             try:
-                if kind != topo_kind:
-                    if topo:
-                        topo.stop()
-                    topo, topo_kind = None, None
-                    topo = start_topology(settings, workdir, kind)
-                    topo_kind = kind
+                topo = topology(kind)
                 if mode == "lag":
                     w1 = results.get("W1", {}).get("median", {}).get("rps")
                     lag = run_lag(settings, topo, w1)
@@ -1062,20 +1107,23 @@ def main():
                         f" p99 {fmt(p['p99'])} ms ({lag['probe']['samples']} probes)",
                         flush=True,
                     )
-                    continue
-                runs = run_load(settings, topo, sid, target, mode, workdir)
-                results[sid] = {"runs": runs, "median": median_of(runs)}
-                if mode == "write":
-                    results[sid]["replication"] = replication_check(topo)
-            except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as error:
-                print(f"  {sid} failed: {error}", file=sys.stderr, flush=True)
-                results[sid] = {"error": str(error)}
-                if topo:
-                    topo.stop()
-                topo, topo_kind = None, None
+                else:
+                    warm_up(settings, topo, sid, target, mode)
+                    runs = [
+                        one_run(settings, topo, sid, target, mode, i, workdir)
+                        for i in range(settings.runs)
+                    ]
+                    results[sid] = {
+                        "runs": runs,
+                        "median": median_of(runs),
+                        "replication": replication_check(topo),
+                    }
+                drop(kind)
+            except expected as error:
+                failed(sid, kind, error)
     finally:
-        if topo:
-            topo.stop()
+        for kind in list(topologies):
+            drop(kind)
         stop_all()
 
     doc = {
