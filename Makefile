@@ -31,7 +31,10 @@ envoy:
 	@test -x "$(ENVOY_BIN)" || scripts/install-envoy.sh >/dev/null
 	@"$(ENVOY_BIN)" --version | grep -q '/1\.40\.' || echo "warning: $(ENVOY_BIN) is not Envoy 1.40"
 
-test: lint unit validate e2e
+# Everything: lint, unit tests, Envoy config validation, the end-to-end tests
+# on 127.0.0.1, and the container harness (needs a running Docker:
+# `make compose-prereqs` installs and starts it).
+test: lint unit validate e2e compose-test
 
 lint: fmt-check clippy
 
@@ -49,7 +52,7 @@ unit:
 # Envoy itself with the real filter loaded.
 validate: build-wasm envoy
 	@rm -rf target/envoy-validate
-	$(CARGO) run -q -p replikv-cluster --bin replikv-up -- --replicas 2 render --target local \
+	$(CARGO) run -q -p replikv-cluster --bin replikv-up -- --replicas 2 --min-replica-acks 1 render --target local \
 		--wasm $(CURDIR)/$(WASM) --out target/envoy-validate/local >/dev/null
 	$(CARGO) run -q -p replikv-cluster --bin replikv-up -- --replicas 2 render --target compose \
 		--wasm $(CURDIR)/$(WASM) --out target/envoy-validate/compose >/dev/null

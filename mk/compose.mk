@@ -11,7 +11,7 @@
 # `docker-compose`); REPLIKV_BASE_IMAGE=debian:bookworm-slim builds on a distro
 # base where a registry is reachable.
 
-.PHONY: compose-prereqs compose-build compose-image compose-up compose-down compose-logs compose-test
+.PHONY: docker-running compose-prereqs compose-build compose-image compose-up compose-down compose-logs compose-test
 
 compose-prereqs:
 	scripts/compose-prereqs.sh
@@ -35,5 +35,9 @@ compose-down:
 compose-logs:
 	bash -c '. scripts/compose-lib.sh && compose logs -f'
 
-compose-test: compose-build
+compose-test: docker-running compose-build
 	scripts/compose-verify.sh
+
+# Fails early, with the way out, where Docker is missing or not started.
+docker-running:
+	@docker info >/dev/null 2>&1 || { echo "docker is not running: scripts/compose-prereqs.sh installs and starts it (make compose-prereqs)" >&2; exit 1; }

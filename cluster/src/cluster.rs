@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::binaries::Binaries;
 use crate::process::Process;
-use crate::render::render_all;
+use crate::render::{render_all_with, RenderOptions};
 use crate::topology::{NodeSpec, Role, Topology};
 
 /// How long one process may take to become ready.
@@ -29,6 +29,9 @@ pub struct ClusterOptions {
     pub zones: Vec<String>,
     /// Extra arguments for every kv-backend.
     pub backend_args: Vec<String>,
+    /// Replicas that must have applied a write before the primary answers it
+    /// (0: asynchronous replication).
+    pub min_replica_acks: usize,
 }
 
 impl ClusterOptions {
@@ -39,6 +42,7 @@ impl ClusterOptions {
             concurrency: 2,
             zones: Vec::new(),
             backend_args: Vec::new(),
+            min_replica_acks: 0,
         })
     }
 }
@@ -114,7 +118,11 @@ impl Cluster {
             .wasm
             .canonicalize()
             .context("locating the filter's .wasm")?;
-        let configs = render_all(&topology, &wasm.to_string_lossy())?;
+        let render = RenderOptions {
+            min_replica_acks: options.min_replica_acks,
+            ..RenderOptions::default()
+        };
+        let configs = render_all_with(&topology, &wasm.to_string_lossy(), render)?;
         let mut config_paths = Vec::new();
         for config in &configs {
             let path = configs_dir.join(format!("{}.yaml", config.name));

@@ -26,11 +26,17 @@ pub struct RenderOptions {
     /// scenario C1) each node is a plain Envoy proxy in front of its kv-backend:
     /// no redirects, no proofs and no replication.
     pub filter: bool,
+    /// The primary answers a write only once this many replicas applied it
+    /// (the filter's `min_replica_acks`; 0: asynchronous replication).
+    pub min_replica_acks: usize,
 }
 
 impl Default for RenderOptions {
     fn default() -> Self {
-        Self { filter: true }
+        Self {
+            filter: true,
+            min_replica_acks: 0,
+        }
     }
 }
 
@@ -91,6 +97,7 @@ fn render_node(
             dns => topology.dns,
             wasm_path => wasm_path,
             filter => options.filter,
+            min_replica_acks => options.min_replica_acks,
             backend => node.backend,
             replicas => replicas,
             primary_url => topology.primary_url,
@@ -137,6 +144,18 @@ mod tests {
     }
 
     #[test]
+    fn replica_acks_are_asked_for_only_when_wanted() {
+        let topology = Topology::local(2, PortPlan::Fixed { base: 10000 }).unwrap();
+        let asked = RenderOptions {
+            min_replica_acks: 2,
+            ..RenderOptions::default()
+        };
+        let primary = &render_all_with(&topology, "/x/f.wasm", asked).unwrap()[1].yaml;
+        assert!(primary.contains(r#""min_replica_acks": 2"#), "{primary}");
+        assert!(!local(2)[1].yaml.contains("min_replica_acks"));
+    }
+
+    #[test]
     fn replica_redirects_to_the_primary_public_url() {
         let replica = &local(1)[2].yaml;
         assert!(replica.contains(r#""primary_url": "http://127.0.0.1:10001""#));
@@ -154,8 +173,15 @@ mod tests {
     #[test]
     fn without_the_filter_nodes_are_plain_proxies() {
         let topology = Topology::local(1, PortPlan::Fixed { base: 10000 }).unwrap();
-        let configs =
-            render_all_with(&topology, "/x/f.wasm", RenderOptions { filter: false }).unwrap();
+        let configs = render_all_with(
+            &topology,
+            "/x/f.wasm",
+            RenderOptions {
+                filter: false,
+                ..RenderOptions::default()
+            },
+        )
+        .unwrap();
         for config in &configs[1..] {
             assert!(
                 !config.yaml.contains("envoy.filters.http.wasm"),

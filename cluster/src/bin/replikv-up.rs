@@ -32,6 +32,10 @@ struct Args {
     /// Envoy worker threads per Envoy.
     #[arg(long, env = "REPLIKV_CONCURRENCY", default_value_t = 2)]
     concurrency: usize,
+    /// Replicas that must have applied a write before the primary answers it
+    /// (0: asynchronous replication, the default).
+    #[arg(long, env = "REPLIKV_MIN_REPLICA_ACKS", default_value_t = 0)]
+    min_replica_acks: usize,
     /// A kv-backend zone, `NAME:SIZE[:timeout=DURATION][:type=string|ip|prefix]`
     /// (repeatable; zone `default` always exists).
     #[arg(long = "zone")]
@@ -95,7 +99,14 @@ fn render(
         Target::Compose => Topology::compose(args.replicas)?,
     };
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    for config in render_all_with(&topology, wasm, RenderOptions { filter })? {
+    for config in render_all_with(
+        &topology,
+        wasm,
+        RenderOptions {
+            filter,
+            min_replica_acks: args.min_replica_acks,
+        },
+    )? {
         let path = out.join(format!("{}.yaml", config.name));
         std::fs::write(&path, config.yaml)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -110,6 +121,7 @@ async fn up(args: &Args) -> Result<ExitCode> {
     let mut options = ClusterOptions::new(&args.run_dir)?;
     options.concurrency = args.concurrency;
     options.zones = args.zones.clone();
+    options.min_replica_acks = args.min_replica_acks;
     match std::env::var("REPLIKV_SECRET") {
         Ok(secret) => options.secret = secret,
         Err(_) => {
