@@ -12,7 +12,7 @@ use replikv_cluster::{workspace_root, Binaries};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{eventually, spawn_cluster_with, Answer, TestCluster};
+use crate::helpers::{eventually, now_ms, spawn_cluster_with, Answer, TestCluster};
 
 const ZONES: [&str; 3] = ["one:64k:timeout=1h", "ip:64k:type=ip", "stream:s:64k"];
 const ONE: &str = "/api/9/http/keyvals/one";
@@ -382,11 +382,4 @@ impl TestCluster {
         assert_eq!(answer.status, StatusCode::OK, "{url}: {answer:?}");
         answer.json()
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64
 }

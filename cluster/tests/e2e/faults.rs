@@ -8,13 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use nix::sys::signal::Signal;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
-use crate::helpers::{spawn_cluster_with, zone_url, Answer, TestCluster};
+use crate::helpers::{now_ms, proof, spawn_cluster_with, zone_url, Answer, TestCluster};
 
 /// A zone big enough for every load below.
 const BIG_DEFAULT: &str = "default:4m";
@@ -23,13 +21,6 @@ async fn spawn(replicas: usize, backend_args: &[&str], zones: &[&str]) -> TestCl
     let mut all_zones = vec![BIG_DEFAULT];
     all_zones.extend_from_slice(zones);
     spawn_cluster_with(replicas, &all_zones, backend_args).await
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// A node's whole state as its kv-backend holds it: history, seq and every
@@ -161,44 +152,6 @@ async fn counter(t: &TestCluster, node: usize, name: &str) -> u64 {
         &format!("wasmcustom.replikv.{name}"),
     )
     .await
-}
-
-/// The proof headers of docs/protocol.md for a request signed at `timestamp`.
-#[allow(clippy::too_many_arguments)]
-fn proof(
-    secret: &str,
-    method: &str,
-    path: &str,
-    history: &str,
-    seq: u64,
-    applied_at: u64,
-    timestamp: u64,
-    body: &str,
-) -> Vec<(&'static str, String)> {
-    let message = [
-        "replikv-v1".to_owned(),
-        method.to_owned(),
-        path.to_owned(),
-        history.to_owned(),
-        seq.to_string(),
-        applied_at.to_string(),
-        timestamp.to_string(),
-        hex::encode(Sha256::digest(body.as_bytes())),
-    ]
-    .join("\n");
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(message.as_bytes());
-    vec![
-        ("x-replication-source", "primary".to_owned()),
-        ("x-replication-history", history.to_owned()),
-        ("x-replication-seq", seq.to_string()),
-        ("x-replication-applied-at", applied_at.to_string()),
-        ("x-replication-timestamp", timestamp.to_string()),
-        (
-            "x-replication-signature",
-            hex::encode(mac.finalize().into_bytes()),
-        ),
-    ]
 }
 
 /// A write applied on the primary's kv-backend directly, so that no filter

@@ -4,9 +4,11 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use hmac::{Hmac, Mac};
 use replikv_cluster::{workspace_root, Binaries, Cluster, ClusterOptions, PortPlan, Topology};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// Every wait in these tests gives up after this long.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -193,4 +195,50 @@ where
         assert!(Instant::now() < deadline, "gave up waiting: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The proof headers of docs/protocol.md for a request signed at `timestamp`.
+#[allow(clippy::too_many_arguments)]
+pub fn proof(
+    secret: &str,
+    method: &str,
+    path: &str,
+    history: &str,
+    seq: u64,
+    applied_at: u64,
+    timestamp: u64,
+    body: &str,
+) -> Vec<(&'static str, String)> {
+    let message = [
+        "replikv-v1".to_owned(),
+        method.to_owned(),
+        path.to_owned(),
+        history.to_owned(),
+        seq.to_string(),
+        applied_at.to_string(),
+        timestamp.to_string(),
+        hex::encode(Sha256::digest(body.as_bytes())),
+    ]
+    .join("\n");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(message.as_bytes());
+    vec![
+        ("x-replication-source", "primary".to_owned()),
+        ("x-replication-history", history.to_owned()),
+        ("x-replication-seq", seq.to_string()),
+        ("x-replication-applied-at", applied_at.to_string()),
+        ("x-replication-timestamp", timestamp.to_string()),
+        (
+            "x-replication-signature",
+            hex::encode(mac.finalize().into_bytes()),
+        ),
+    ]
 }
