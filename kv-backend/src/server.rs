@@ -7,7 +7,7 @@ use std::future::Future;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONNECTION, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -127,6 +127,14 @@ async fn render_errors(request: Request, next: Next) -> Response {
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        // A 413 is answered before the body was read, so the connection cannot
+        // carry another request: saying so keeps Envoy from reusing it and
+        // failing the next request on it with a 503.
+        if matches!(error, Error::BodyTooLarge) {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
     }
     response
 }

@@ -43,9 +43,12 @@ async fn run_serves_on_port_0_and_stops_on_shutdown() {
     assert!(response.contains("x-replikv-seq: 1"), "{response}");
 
     // Only the headers are sent: the 413 comes from the declared length alone.
-    let huge = "POST /api/9/http/keyvals/default HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 1000000000\r\n\r\n";
+    // The connection is kept alive by the client, yet the server closes it (a
+    // proxy must not send another request after a body that was never read).
+    let huge = "POST /api/9/http/keyvals/default HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n";
     let response = exchange(addr, huge.as_bytes()).await;
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("connection: close"), "{response}");
     assert!(
         response.contains(r#""code":"RequestEntityTooLarge""#),
         "{response}"
