@@ -15,6 +15,7 @@ CHECK_SECRET = replikv-check-secret-0123456789
 .PHONY: up build build-wasm envoy test lint fmt-check clippy unit validate e2e clean
 
 include mk/compose.mk
+include mk/bench.mk
 
 up: build envoy
 	REPLIKV_BACKEND_BIN=$(CURDIR)/target/release/kv-backend REPLIKV_WASM=$(CURDIR)/$(WASM) \
