@@ -389,12 +389,13 @@ mod tests {
 
     #[test]
     fn internal_write_with_a_proof_is_verified_on_a_replica() {
-        let path = "/replikv/apply";
-        let headers = signed_headers("POST", path, b"{}");
-        assert!(matches!(
-            run(&replica(), "POST", path, &headers),
-            Decision::VerifyReplication { .. }
-        ));
+        for path in ["/replikv/apply", crate::replay::LIVE_BATCH_PATH] {
+            let headers = signed_headers("POST", path, b"{}");
+            assert!(matches!(
+                run(&replica(), "POST", path, &headers),
+                Decision::VerifyReplication { .. }
+            ));
+        }
         let forged = h(&[("x-replication-source", "primary")]);
         assert!(matches!(
             run(&replica(), "PUT", "/replikv/snapshot", &forged),

@@ -11,6 +11,8 @@ use proxy_wasm::types::MetricType;
 pub(crate) struct Metrics {
     /// Shadow-write attempts dispatched (first tries and retries).
     pub shadow_sent: Option<u32>,
+    /// Of those, batches (`POST /replikv/apply` of the queued writes).
+    pub shadow_batches: Option<u32>,
     /// Shadow writes a replica confirmed.
     pub shadow_ok: Option<u32>,
     /// Shadow-write attempts that failed (no reply, 5xx, 409 gap, ...).
@@ -67,8 +69,9 @@ fn define(kind: MetricType, name: &str) -> Option<u32> {
 }
 
 /// Names of the counters, for the status endpoint.
-pub(crate) const COUNTERS: [&str; 17] = [
+pub(crate) const COUNTERS: [&str; 18] = [
     "replikv.shadow.sent",
+    "replikv.shadow.batches",
     "replikv.shadow.ok",
     "replikv.shadow.failed",
     "replikv.shadow.retried",
@@ -94,6 +97,7 @@ impl Metrics {
         let gauge = |name: &str| define(MetricType::Gauge, name);
         Metrics {
             shadow_sent: counter("replikv.shadow.sent"),
+            shadow_batches: counter("replikv.shadow.batches"),
             shadow_ok: counter("replikv.shadow.ok"),
             shadow_failed: counter("replikv.shadow.failed"),
             shadow_retried: counter("replikv.shadow.retried"),

@@ -17,19 +17,27 @@
 pub const SLOTS: u64 = 4096;
 
 /// Which kind of replication request, so a batch ending at seq N and the
-/// shadow write N do not collide.
+/// shadow write N do not collide. The live shipper's batches
+/// (`/replikv/apply?live`) have their own kind, so a catch-up batch and a live
+/// one that end at the same seq, signed in the same ms, are not taken for a
+/// replay of each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Write,
     Batch,
+    LiveBatch,
     Snapshot,
 }
+
+/// The path (and query) the live shipper pushes its batches to.
+pub const LIVE_BATCH_PATH: &str = "/replikv/apply?live";
 
 impl Kind {
     /// The kind of a replication request by its path.
     pub fn of_path(path: &str) -> Kind {
         let path_only = path.split(['?', '#']).next().unwrap_or_default();
         match path_only {
+            "/replikv/apply" if path == LIVE_BATCH_PATH => Kind::LiveBatch,
             "/replikv/apply" => Kind::Batch,
             "/replikv/snapshot" => Kind::Snapshot,
             _ => Kind::Write,
@@ -40,6 +48,7 @@ impl Kind {
         match self {
             Kind::Write => 'w',
             Kind::Batch => 'b',
+            Kind::LiveBatch => 'l',
             Kind::Snapshot => 's',
         }
     }
@@ -141,6 +150,9 @@ mod tests {
     #[test]
     fn kinds_have_their_own_slots() {
         assert_eq!(Kind::of_path("/replikv/apply"), Kind::Batch);
+        assert_eq!(Kind::of_path(LIVE_BATCH_PATH), Kind::LiveBatch);
+        assert_eq!(Kind::of_path("/replikv/apply?live&x"), Kind::Batch);
+        assert_ne!(slot_key(Kind::Batch, 3), slot_key(Kind::LiveBatch, 3));
         assert_eq!(Kind::of_path("/replikv/snapshot?x"), Kind::Snapshot);
         assert_eq!(Kind::of_path("/api/9/http/keyvals/a"), Kind::Write);
         assert_ne!(slot_key(Kind::Write, 3), slot_key(Kind::Batch, 3));

@@ -22,7 +22,7 @@ use crate::error_body;
 use crate::http::Http;
 use crate::metrics::{self, Metrics};
 use crate::proof::{self, SignedFields};
-use crate::shipper::{Attempt, Event, Outcome, Shipper};
+use crate::shipper::{Attempt, Event, Outcome, Send, ShadowWrite, Shipper};
 use crate::status::{self, View};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -148,8 +148,11 @@ pub(crate) fn published_view() -> Option<View> {
 
 /// What a callout token stands for.
 enum Pending {
-    /// A shadow write attempt of the shipper; `history` of the write.
+    /// A shadow write or batch attempt of the shipper; `history` of the
+    /// write or batch.
     Shadow { attempt: u64, history: String },
+    /// The log read of a shipper batch (local backend).
+    ShadowLog { attempt: u64 },
     /// A catch-up call.
     Catchup { id: u64 },
 }
@@ -205,6 +208,7 @@ impl Root {
             config.retry_backoff,
             config.shadow_timeout_ms,
             config.detach_after_ms,
+            u64::from(config.catchup_batch),
         );
         self.catchup = Some(Catchup::new(
             config.replicas.len(),
@@ -420,9 +424,101 @@ impl Root {
         }
     }
 
+    /// Sends one shipper attempt: a shadow write, a batch's log read on the
+    /// local backend, or the batch itself. One that cannot be dispatched is
+    /// answered "no reply" at once.
     fn dispatch(&mut self, shared: &Shared, attempt: &Attempt, now: u64) {
+        let (result, pending) = match &attempt.send {
+            Send::Write(w) => (
+                self.send_write(shared, attempt, w, now),
+                Pending::Shadow {
+                    attempt: attempt.id,
+                    history: w.history.clone(),
+                },
+            ),
+            Send::FetchLog { after, limit } => {
+                let cluster = &shared.config.backend_cluster;
+                let path = format!("/replikv/log?after={after}&limit={limit}");
+                let result = hostcalls::dispatch_http_call(
+                    cluster,
+                    vec![
+                        (":method", "GET"),
+                        (":path", &path),
+                        (":authority", cluster),
+                    ],
+                    None,
+                    vec![],
+                    Duration::from_millis(shared.config.shadow_timeout_ms),
+                );
+                (
+                    result,
+                    Pending::ShadowLog {
+                        attempt: attempt.id,
+                    },
+                )
+            }
+            Send::PushBatch { history, seq, body } => {
+                metrics::add(shared.metrics.shadow_sent, 1);
+                metrics::add(shared.metrics.shadow_batches, 1);
+                if attempt.is_retry {
+                    metrics::add(shared.metrics.shadow_retried, 1);
+                }
+                let result = self.signed(
+                    shared,
+                    &attempt.cluster,
+                    "POST",
+                    crate::replay::LIVE_BATCH_PATH,
+                    history,
+                    *seq,
+                    body,
+                    now,
+                );
+                (
+                    result,
+                    Pending::Shadow {
+                        attempt: attempt.id,
+                        history: history.clone(),
+                    },
+                )
+            }
+        };
+        match result {
+            Ok(token) => {
+                self.in_flight.insert(token, pending);
+            }
+            Err(status) => {
+                log::info!(
+                    "replikv: shadow {:?} to replica={} not dispatched: {status:?}",
+                    Self::describe(&attempt.send),
+                    attempt.cluster
+                );
+                let event = match shared.shipper.try_borrow_mut() {
+                    Ok(mut s) => s.on_reply(attempt.id, Outcome::NoReply, now),
+                    Err(_) => Event::Stale,
+                };
+                self.record(shared, &event, now);
+            }
+        }
+    }
+
+    /// A short description of an attempt for log lines.
+    fn describe(send: &Send) -> String {
+        match send {
+            Send::Write(w) => format!("write seq={}", w.seq),
+            Send::FetchLog { after, limit } => format!("log read after={after} limit={limit}"),
+            Send::PushBatch { seq, .. } => format!("batch to seq={seq}"),
+        }
+    }
+
+    /// Signs and dispatches one shadow write (the fast path).
+    fn send_write(
+        &self,
+        shared: &Shared,
+        attempt: &Attempt,
+        w: &ShadowWrite,
+        now: u64,
+    ) -> Result<u32, Status> {
         let config = &shared.config;
-        let w = &attempt.write;
         let (seq, applied_at, timestamp) =
             (w.seq.to_string(), w.applied_at.to_string(), now.to_string());
         let fields = SignedFields {
@@ -454,29 +550,7 @@ impl Root {
         if attempt.is_retry {
             metrics::add(shared.metrics.shadow_retried, 1);
         }
-        match hostcalls::dispatch_http_call(&attempt.cluster, headers, body, vec![], timeout) {
-            Ok(token) => {
-                self.in_flight.insert(
-                    token,
-                    Pending::Shadow {
-                        attempt: attempt.id,
-                        history: w.history.clone(),
-                    },
-                );
-            }
-            Err(status) => {
-                log::info!(
-                    "replikv: shadow write seq={} to replica={} not dispatched: {status:?}",
-                    w.seq,
-                    attempt.cluster
-                );
-                let event = match shared.shipper.try_borrow_mut() {
-                    Ok(mut s) => s.on_reply(attempt.id, Outcome::NoReply, now),
-                    Err(_) => Event::Stale,
-                };
-                self.record(shared, &event, now);
-            }
-        }
+        hostcalls::dispatch_http_call(&attempt.cluster, headers, body, vec![], timeout)
     }
 
     /// Sends one catch-up call; a call that cannot be dispatched is answered
@@ -705,13 +779,29 @@ impl Root {
             Event::Failed {
                 cluster,
                 seq,
+                last,
                 status,
                 retry_in_ms,
             } => {
                 metrics::add(shared.metrics.shadow_failed, 1);
                 let status = status.map_or_else(|| "none (no reply)".to_owned(), |s| s.to_string());
+                let what = if last > seq {
+                    format!("batch seq={seq}..={last}")
+                } else {
+                    format!("write seq={seq}")
+                };
                 log::info!(
-                    "replikv: shadow write failed: replica={cluster} seq={seq} status={status}; retry in {retry_in_ms} ms"
+                    "replikv: shadow {what} failed: replica={cluster} status={status}; retry in {retry_in_ms} ms"
+                );
+            }
+            Event::BatchUnavailable {
+                cluster,
+                status,
+                until_ms,
+            } => {
+                log::info!(
+                    "replikv: no batch from the local log for replica={cluster} (status {status:?}); shipping one write at a time for {} ms",
+                    until_ms.saturating_sub(now)
                 );
             }
             Event::Detached {
@@ -731,6 +821,16 @@ impl Root {
             }
             Event::Stale => {}
         }
+    }
+
+    fn response_body(body_size: usize) -> Vec<u8> {
+        if body_size == 0 {
+            return Vec::new();
+        }
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     }
 
     fn response_header(name: &str) -> Option<String> {
@@ -791,15 +891,19 @@ impl Context for Root {
                 }
                 self.record(&shared, &event, now);
             }
-            Pending::Catchup { id } => {
-                let body = if body_size == 0 {
-                    Vec::new()
-                } else {
-                    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default()
+            Pending::ShadowLog { attempt } => {
+                let body = Self::response_body(body_size);
+                let next = match shared.shipper.try_borrow_mut() {
+                    Ok(mut s) => s.on_log(attempt, status, body, now),
+                    Err(_) => Err(Event::Stale),
                 };
+                match next {
+                    Ok(push) => self.dispatch(&shared, &push, now),
+                    Err(event) => self.record(&shared, &event, now),
+                }
+            }
+            Pending::Catchup { id } => {
+                let body = Self::response_body(body_size);
                 let reply = Reply {
                     status,
                     history,

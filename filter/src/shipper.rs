@@ -3,9 +3,20 @@
 //! backoff, bounded in bytes. Pure state machine: the root context feeds it the
 //! clock, dispatches the [`Attempt`]s it hands out and reports each reply back.
 //!
+//! A lane holding one write sends it as it came (the fast path: one shadow
+//! write, the lowest latency). A lane holding two or more sends them as ONE
+//! batch: it reads `GET /replikv/log?after=..&limit=..` from this node's own
+//! backend (the entries up to its last queued seq, effects included) and pushes
+//! that as a signed `POST /replikv/apply`, which the replica commits in one
+//! transaction. So the replica's commits no longer cap the write rate. Should
+//! the log not give a usable batch (410, error, another history), the lane
+//! sends its writes one by one for a while.
+//!
 //! Every Envoy worker has its own VM, so several shippers send to the same
 //! replica; a replica that gets seq N+1 before another worker's N answers 409
-//! `ReplicationGap`, and the later write is simply retried after a backoff.
+//! `ReplicationGap`, and the later write is simply retried after a backoff. A
+//! batch starts at the replica's last reported seq when that is near, so it
+//! also carries the other workers' writes in between.
 //!
 //! The shipper is a fast path, not the source of truth: a replica that keeps
 //! failing for `detach_after_ms` is *detached* (its queued writes are dropped
@@ -13,6 +24,7 @@
 //! ([`crate::catchup`]) brings it up to date from the primary's durable log.
 
 use crate::config::Backoff;
+use serde::Deserialize;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
@@ -66,15 +78,33 @@ pub enum Outcome {
     NoReply,
 }
 
+/// What an attempt sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Send {
+    /// The write itself, to the replica, as the client sent it.
+    Write(Rc<ShadowWrite>),
+    /// First step of a batch: `GET /replikv/log?after={after}&limit={limit}`
+    /// on this node's backend; its reply goes to [`Shipper::on_log`].
+    FetchLog { after: u64, limit: u64 },
+    /// Second step: `POST /replikv/apply` of the fetched body to the replica,
+    /// signed with `history`, `seq` (the last entry's) and `applied_at` 0.
+    PushBatch {
+        history: String,
+        seq: u64,
+        body: Rc<[u8]>,
+    },
+}
+
 /// A request to send now. The root signs and dispatches it, then reports the
-/// reply with [`Shipper::on_reply`] under `id`.
+/// reply with [`Shipper::on_reply`] (or [`Shipper::on_log`] for a
+/// [`Send::FetchLog`]) under `id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
     pub id: u64,
     /// The replica's Envoy cluster.
     pub cluster: String,
-    pub write: Rc<ShadowWrite>,
-    /// Whether an earlier attempt of this write to this replica failed.
+    pub send: Send,
+    /// Whether an earlier attempt of the lane's first write failed.
     pub is_retry: bool,
 }
 
@@ -89,12 +119,21 @@ pub enum Event {
         seq: u64,
         settled: usize,
     },
-    /// The attempt failed; the write is tried again after `retry_in_ms`.
+    /// The attempt (of writes `seq..=last`: one write, or a batch) failed; it
+    /// is tried again after `retry_in_ms`.
     Failed {
         cluster: String,
         seq: u64,
+        last: u64,
         status: Option<u32>,
         retry_in_ms: u64,
+    },
+    /// The backend's log gave no usable batch (`status` of its answer, `None`
+    /// without one); the lane sends its writes one by one until `until_ms`.
+    BatchUnavailable {
+        cluster: String,
+        status: Option<u32>,
+        until_ms: u64,
     },
     /// A reply for an attempt the shipper no longer waits for (it expired, or
     /// its write was dropped); nothing changed.
@@ -118,6 +157,57 @@ pub struct Enqueued {
     pub deferred: usize,
 }
 
+/// Which seqs a batch carries: the log entries `after + 1 ..= last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchRange {
+    pub after: u64,
+    pub last: u64,
+}
+
+/// The batch a lane sends instead of its first write, if any: only when it
+/// holds at least two writes. It starts after the replica's last reported seq
+/// (so it also fills in writes other workers ship) unless none is known or it
+/// lies more than `limit` before the first queued write (then just before that
+/// write: deep lag is catch-up's job), and ends at the last queued write, at most `limit` entries
+/// in all. Ending at one of this lane's own writes keeps two workers' batches
+/// from ever ending at the same seq.
+pub fn batch_range(
+    reported: u64,
+    first: u64,
+    last_queued: u64,
+    queued: usize,
+    limit: u64,
+) -> Option<BatchRange> {
+    if queued < 2 || limit < 2 || first == 0 || last_queued <= first {
+        return None;
+    }
+    let after = if reported == 0 || first.saturating_sub(reported) > limit {
+        first - 1
+    } else {
+        reported.min(first - 1)
+    };
+    let last = last_queued.min(after.saturating_add(limit));
+    (last > first).then_some(BatchRange { after, last })
+}
+
+/// The history and the first and last seq of a `GET /replikv/log` answer;
+/// `None` when it is not one or holds no entry.
+pub fn log_bounds(body: &[u8]) -> Option<(String, u64, u64)> {
+    #[derive(Deserialize)]
+    struct Batch {
+        history: String,
+        entries: Vec<Entry>,
+    }
+    #[derive(Deserialize)]
+    struct Entry {
+        seq: u64,
+    }
+    let batch: Batch = serde_json::from_slice(body).ok()?;
+    let first = batch.entries.first()?.seq;
+    let last = batch.entries.last()?.seq;
+    Some((batch.history, first, last))
+}
+
 #[derive(Debug)]
 struct Entry {
     write: Rc<ShadowWrite>,
@@ -125,10 +215,25 @@ struct Entry {
     not_before_ms: u64,
 }
 
+/// The step an attempt in flight is at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// One write to the replica.
+    Write,
+    /// Reading the batch from the local log (entries after `after`).
+    Fetch { after: u64 },
+    /// The batch on its way to the replica.
+    Push,
+}
+
 #[derive(Debug)]
 struct InFlight {
     attempt: u64,
+    /// The lane's first write when the attempt began.
     seq: u64,
+    /// The last seq the attempt carries (`seq` for one write).
+    last: u64,
+    step: Step,
     give_up_at_ms: u64,
 }
 
@@ -140,10 +245,17 @@ struct Lane {
     in_flight: Option<InFlight>,
     /// Highest seq this replica is known to hold (0: nothing known).
     confirmed: u64,
+    /// The seq the replica last reported (may be below `confirmed` after it
+    /// lost data): where the next batch starts.
+    reported: u64,
     /// When the current run of failures began (`None` after a success).
     failing_since: Option<u64>,
     /// While detached: nothing is buffered for this replica before this instant.
     detached_until: u64,
+    /// Entries per batch (halved when the replica answers 413).
+    limit: u64,
+    /// After the log failed to give a batch: one write at a time until then.
+    single_until: u64,
 }
 
 /// All replicas' queues of one VM.
@@ -160,13 +272,15 @@ pub struct Shipper {
 
 impl Shipper {
     /// A shipper towards `clusters`, holding at most `max_bytes` of writes in
-    /// all, detaching a replica that has failed for `detach_after_ms`.
+    /// all, detaching a replica that has failed for `detach_after_ms`, sending
+    /// at most `batch` writes in one batch (below 2: never batches).
     pub fn new(
         clusters: &[String],
         max_bytes: usize,
         backoff: Backoff,
         timeout_ms: u64,
         detach_after_ms: u64,
+        batch: u64,
     ) -> Self {
         Shipper {
             lanes: clusters
@@ -176,8 +290,11 @@ impl Shipper {
                     queue: VecDeque::new(),
                     in_flight: None,
                     confirmed: 0,
+                    reported: 0,
                     failing_since: None,
                     detached_until: 0,
+                    limit: batch,
+                    single_until: 0,
                 })
                 .collect(),
             bytes: 0,
@@ -248,6 +365,7 @@ impl Shipper {
             return 0;
         };
         lane.confirmed = lane.confirmed.max(seq);
+        lane.reported = lane.reported.max(seq);
         let mut settled = 0;
         let in_flight = lane.in_flight.as_ref().map(|f| f.seq);
         while lane
@@ -297,19 +415,23 @@ impl Shipper {
         events
     }
 
-    /// The attempts to send now: the lowest-seq write of every lane that has
-    /// nothing in flight and whose backoff has passed. They count as in flight
-    /// from here on.
+    fn give_up_at(&self, now_ms: u64) -> u64 {
+        now_ms
+            .saturating_add(self.timeout_ms)
+            .saturating_add(LOST_REPLY_GRACE_MS)
+    }
+
+    /// The attempts to send now, one for every lane that has nothing in flight
+    /// and whose backoff has passed: its lowest-seq write, or the first step
+    /// of a batch (see [`batch_range`]). They count as in flight from here on.
     pub fn poll(&mut self, now_ms: u64) -> Vec<Attempt> {
         let mut attempts = Vec::new();
-        let give_up_at_ms = now_ms
-            .saturating_add(self.timeout_ms)
-            .saturating_add(LOST_REPLY_GRACE_MS);
+        let give_up_at_ms = self.give_up_at(now_ms);
         for lane in &mut self.lanes {
             if lane.in_flight.is_some() {
                 continue;
             }
-            let Some(head) = lane.queue.front() else {
+            let (Some(head), Some(tail)) = (lane.queue.front(), lane.queue.back()) else {
                 continue;
             };
             if head.not_before_ms > now_ms {
@@ -317,33 +439,133 @@ impl Shipper {
             }
             let id = self.next_attempt_id;
             self.next_attempt_id += 1;
+            let batch = if lane.single_until > now_ms {
+                None
+            } else {
+                batch_range(
+                    lane.reported,
+                    head.write.seq,
+                    tail.write.seq,
+                    lane.queue.len(),
+                    lane.limit,
+                )
+            };
+            let (send, last, step) = match batch {
+                Some(range) => (
+                    Send::FetchLog {
+                        after: range.after,
+                        limit: range.last - range.after,
+                    },
+                    range.last,
+                    Step::Fetch { after: range.after },
+                ),
+                None => (
+                    Send::Write(Rc::clone(&head.write)),
+                    head.write.seq,
+                    Step::Write,
+                ),
+            };
             lane.in_flight = Some(InFlight {
                 attempt: id,
                 seq: head.write.seq,
+                last,
+                step,
                 give_up_at_ms,
             });
             attempts.push(Attempt {
                 id,
                 cluster: lane.cluster.clone(),
-                write: Rc::clone(&head.write),
+                send,
                 is_retry: head.failures > 0,
             });
         }
         attempts
     }
 
+    /// Takes the local backend's answer to the [`Send::FetchLog`] of attempt
+    /// `id` (`status` `None`: no answer). A batch that covers the lane's first
+    /// write, starts where asked and is of its history is to be pushed: the
+    /// returned attempt, in flight from here on. Anything else is an
+    /// [`Event::BatchUnavailable`] (or [`Event::Stale`]), and the lane sends
+    /// one write at a time for a while.
+    pub fn on_log(
+        &mut self,
+        id: u64,
+        status: Option<u32>,
+        body: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<Attempt, Event> {
+        let Some(index) = self.lane_of(id) else {
+            return Err(Event::Stale);
+        };
+        let give_up_at_ms = self.give_up_at(now_ms);
+        let attempt = self.next_attempt_id;
+        let lane = &mut self.lanes[index];
+        let (Some(flight), Some(head)) = (lane.in_flight.as_ref(), lane.queue.front()) else {
+            lane.in_flight = None;
+            return Err(Event::Stale);
+        };
+        let Step::Fetch { after } = flight.step else {
+            return Err(Event::Stale);
+        };
+        let bounds = (status == Some(200))
+            .then(|| log_bounds(&body))
+            .flatten()
+            .filter(|(history, first, last)| {
+                *history == head.write.history && *first == after + 1 && *last >= head.write.seq
+            });
+        let Some((history, _, last)) = bounds else {
+            lane.in_flight = None;
+            return Err(self.no_batch(index, status, now_ms));
+        };
+        self.next_attempt_id += 1;
+        let is_retry = head.failures > 0;
+        lane.in_flight = Some(InFlight {
+            attempt,
+            seq: head.write.seq,
+            last,
+            step: Step::Push,
+            give_up_at_ms,
+        });
+        Ok(Attempt {
+            id: attempt,
+            cluster: lane.cluster.clone(),
+            send: Send::PushBatch {
+                history,
+                seq: last,
+                body: Rc::from(body),
+            },
+            is_retry,
+        })
+    }
+
+    fn lane_of(&self, id: u64) -> Option<usize> {
+        self.lanes
+            .iter()
+            .position(|l| l.in_flight.as_ref().is_some_and(|f| f.attempt == id))
+    }
+
+    /// The log gave no batch: one write at a time for the longest backoff.
+    fn no_batch(&mut self, index: usize, status: Option<u32>, now_ms: u64) -> Event {
+        let until_ms = now_ms.saturating_add(self.backoff.max_ms);
+        let lane = &mut self.lanes[index];
+        lane.single_until = until_ms;
+        Event::BatchUnavailable {
+            cluster: lane.cluster.clone(),
+            status,
+            until_ms,
+        }
+    }
+
     /// Applies the end of attempt `id`.
     ///
     /// A 2xx, or a reply whose `x-replikv-seq` shows the replica already has the
-    /// write, delivers it (and every queued write up to that seq). Anything else
-    /// (no reply, 5xx, 409 `ReplicationGap`, ...) is retried after a backoff that
-    /// doubles with each failure of that write.
+    /// write, delivers it (and every queued write up to that seq; for a batch,
+    /// up to its last seq). Anything else (no reply, 5xx, 409
+    /// `ReplicationGap`, ...) is retried after a backoff that doubles with each
+    /// failure of the lane's first write; a 413 also halves the batch size.
     pub fn on_reply(&mut self, id: u64, outcome: Outcome, now_ms: u64) -> Event {
-        let lane = self
-            .lanes
-            .iter()
-            .position(|l| l.in_flight.as_ref().is_some_and(|f| f.attempt == id));
-        match lane {
+        match self.lane_of(id) {
             Some(lane) => self.settle(lane, id, outcome, now_ms),
             None => Event::Stale,
         }
@@ -355,15 +577,25 @@ impl Shipper {
         let Some(flight) = lane.in_flight.take().filter(|f| f.attempt == attempt) else {
             return Event::Stale;
         };
-        let seq = flight.seq;
+        if let Step::Fetch { .. } = flight.step {
+            // Only a lost or undispatched log read ends here.
+            return self.no_batch(lane_index, None, now_ms);
+        }
+        let (seq, last) = (flight.seq, flight.last);
         let (delivered_up_to, status) = match outcome {
             Outcome::Reply {
                 status,
                 replica_seq,
             } => {
+                if let Some(applied) = replica_seq {
+                    lane.reported = applied;
+                }
                 let has_it = replica_seq.filter(|applied| *applied >= seq);
                 if (200..300).contains(&status) {
-                    (Some(replica_seq.map_or(seq, |a| a.max(seq))), Some(status))
+                    (
+                        Some(replica_seq.map_or(last, |a| a.max(last))),
+                        Some(status),
+                    )
                 } else {
                     (has_it, Some(status))
                 }
@@ -373,6 +605,7 @@ impl Shipper {
 
         if let Some(up_to) = delivered_up_to {
             lane.confirmed = lane.confirmed.max(up_to);
+            lane.reported = lane.reported.max(up_to);
             lane.failing_since = None;
             let up_to = lane.confirmed;
             let mut settled = 0;
@@ -387,6 +620,9 @@ impl Shipper {
                 seq,
                 settled,
             };
+        }
+        if status == Some(413) && flight.step == Step::Push {
+            lane.limit = (lane.limit / 2).max(1);
         }
 
         let failing_since = *lane.failing_since.get_or_insert(now_ms);
@@ -413,6 +649,7 @@ impl Shipper {
         Event::Failed {
             cluster: lane.cluster.clone(),
             seq,
+            last,
             status,
             retry_in_ms,
         }
@@ -462,12 +699,12 @@ mod tests {
 
     fn shipper(clusters: &[&str]) -> Shipper {
         let clusters: Vec<String> = clusters.iter().map(|c| (*c).to_owned()).collect();
-        Shipper::new(&clusters, 1 << 20, BACKOFF, TIMEOUT, DETACH)
+        Shipper::new(&clusters, 1 << 20, BACKOFF, TIMEOUT, DETACH, 1)
     }
 
     fn bounded(clusters: &[&str], max_bytes: usize) -> Shipper {
         let clusters: Vec<String> = clusters.iter().map(|c| (*c).to_owned()).collect();
-        Shipper::new(&clusters, max_bytes, BACKOFF, TIMEOUT, DETACH)
+        Shipper::new(&clusters, max_bytes, BACKOFF, TIMEOUT, DETACH, 1)
     }
 
     impl Shipper {
@@ -491,10 +728,20 @@ mod tests {
         }
     }
 
+    /// The first seq an attempt is about: the write's, or the first entry of a
+    /// log read.
+    fn first_seq(a: &Attempt) -> u64 {
+        match &a.send {
+            Send::Write(w) => w.seq,
+            Send::FetchLog { after, .. } => after + 1,
+            Send::PushBatch { seq, .. } => *seq,
+        }
+    }
+
     fn seqs(attempts: &[Attempt]) -> Vec<(String, u64)> {
         attempts
             .iter()
-            .map(|a| (a.cluster.clone(), a.write.seq))
+            .map(|a| (a.cluster.clone(), first_seq(a)))
             .collect()
     }
 
@@ -548,7 +795,7 @@ mod tests {
         let mut sent = Vec::new();
         for now in 0..3 {
             let a = s.poll(now);
-            sent.push(a[0].write.seq);
+            sent.push(first_seq(&a[0]));
             s.on_reply(a[0].id, ok(), now);
         }
         assert_eq!(sent, [1, 2, 3]);
@@ -573,6 +820,7 @@ mod tests {
             Event::Failed {
                 cluster: "r1".into(),
                 seq: 5,
+                last: 5,
                 status: Some(409),
                 retry_in_ms: 10
             }
@@ -743,7 +991,7 @@ mod tests {
     #[test]
     fn replica_failing_for_too_long_is_detached_then_reattached() {
         let clusters = ["r1".to_owned()];
-        let mut s = Shipper::new(&clusters, 1 << 20, BACKOFF, TIMEOUT, 100);
+        let mut s = Shipper::new(&clusters, 1 << 20, BACKOFF, TIMEOUT, 100, 1);
         s.enqueue(write(1), 0);
         s.enqueue(write(2), 0);
         let a = s.poll(0);
@@ -782,7 +1030,7 @@ mod tests {
     #[test]
     fn success_resets_the_failure_run() {
         let clusters = ["r1".to_owned()];
-        let mut s = Shipper::new(&clusters, 1 << 20, BACKOFF, TIMEOUT, 100);
+        let mut s = Shipper::new(&clusters, 1 << 20, BACKOFF, TIMEOUT, 100, 1);
         s.enqueue(write(1), 0);
         s.enqueue(write(2), 0);
         let a = s.poll(0);
@@ -810,5 +1058,296 @@ mod tests {
         assert_eq!(s.confirmed("r1"), 2);
         assert_eq!(seqs(&s.poll(0)), [("r1".into(), 3)]);
         assert_eq!(s.note_confirmed("nope", 9), 0);
+    }
+
+    const H: &str = "00112233445566778899aabbccddeeff";
+
+    fn batching(clusters: &[&str], batch: u64) -> Shipper {
+        let clusters: Vec<String> = clusters.iter().map(|c| (*c).to_owned()).collect();
+        Shipper::new(&clusters, 1 << 20, BACKOFF, TIMEOUT, DETACH, batch)
+    }
+
+    fn log_body(history: &str, first: u64, last: u64) -> Vec<u8> {
+        let entries: Vec<String> = (first..=last)
+            .map(|s| format!(r#"{{"seq":{s},"applied_at":1,"zone":{{"kind":"http","name":"default"}},"effects":[]}}"#))
+            .collect();
+        format!(
+            r#"{{"history":"{history}","entries":[{}]}}"#,
+            entries.join(",")
+        )
+        .into_bytes()
+    }
+
+    fn fetch_of(a: &Attempt) -> (u64, u64) {
+        match a.send {
+            Send::FetchLog { after, limit } => (after, limit),
+            ref other => panic!("expected a log read, got {other:?}"),
+        }
+    }
+
+    fn replied(status: u32, seq: u64) -> Outcome {
+        Outcome::Reply {
+            status,
+            replica_seq: Some(seq),
+        }
+    }
+
+    #[test]
+    fn batch_range_needs_two_writes_and_ends_at_the_last_queued() {
+        assert_eq!(batch_range(0, 1, 1, 1, 500), None);
+        assert_eq!(batch_range(0, 1, 2, 2, 1), None);
+        assert_eq!(
+            batch_range(0, 1, 2, 2, 500),
+            Some(BatchRange { after: 0, last: 2 })
+        );
+        // Starts at the replica's last reported seq, filling what other workers ship.
+        assert_eq!(
+            batch_range(3, 6, 8, 2, 500),
+            Some(BatchRange { after: 3, last: 8 })
+        );
+        // A replica far behind is catch-up's job: start just before the queue.
+        assert_eq!(
+            batch_range(10, 1_000, 1_001, 2, 500),
+            Some(BatchRange {
+                after: 999,
+                last: 1_001
+            })
+        );
+        // A stale report above the queue never skips a queued write.
+        assert_eq!(
+            batch_range(9, 5, 7, 3, 500),
+            Some(BatchRange { after: 4, last: 7 })
+        );
+        // At most `limit` entries.
+        assert_eq!(
+            batch_range(0, 1, 2_000, 2_000, 500),
+            Some(BatchRange {
+                after: 0,
+                last: 500
+            })
+        );
+        assert_eq!(batch_range(0, 0, 3, 2, 500), None);
+    }
+
+    #[test]
+    fn log_bounds_reads_history_and_first_and_last_seq() {
+        assert_eq!(log_bounds(&log_body(H, 4, 9)), Some((H.to_owned(), 4, 9)));
+        assert_eq!(
+            log_bounds(format!(r#"{{"history":"{H}","entries":[]}}"#).as_bytes()),
+            None
+        );
+        assert_eq!(log_bounds(b"{\"error\":{}}"), None);
+        assert_eq!(log_bounds(b"not json"), None);
+    }
+
+    #[test]
+    fn one_queued_write_takes_the_fast_path_even_when_batching() {
+        let mut s = batching(&["r1"], 500);
+        s.push(write(1));
+        let a = s.poll(0);
+        assert!(matches!(&a[0].send, Send::Write(w) if w.seq == 1));
+        assert!(matches!(
+            s.on_reply(a[0].id, ok(), 1),
+            Event::Delivered { settled: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn queued_writes_go_as_one_batch_read_from_the_log() {
+        let mut s = batching(&["r1", "r2"], 500);
+        for seq in 1..=3 {
+            s.push(write(seq));
+        }
+        let a = s.poll(0);
+        assert_eq!(a.len(), 2);
+        assert_eq!(fetch_of(&a[0]), (0, 3));
+        assert!(s.poll(1).is_empty(), "one attempt in flight per replica");
+        let push = s.on_log(a[0].id, Some(200), log_body(H, 1, 3), 1).unwrap();
+        assert_eq!(push.cluster, "r1");
+        let Send::PushBatch { history, seq, body } = &push.send else {
+            panic!("{push:?}")
+        };
+        assert_eq!((history.as_str(), *seq), (H, 3));
+        assert_eq!(&body[..], &log_body(H, 1, 3)[..]);
+        assert!(!push.is_retry);
+        assert_eq!(
+            s.on_reply(push.id, replied(204, 3), 2),
+            Event::Delivered {
+                cluster: "r1".into(),
+                seq: 1,
+                settled: 3
+            }
+        );
+        assert_eq!(s.confirmed("r1"), 3);
+        assert_eq!(s.queued(), 3, "r2 still waits");
+        // The old log read's id is no longer in flight.
+        assert_eq!(s.on_reply(a[0].id, ok(), 2), Event::Stale);
+    }
+
+    #[test]
+    fn batch_without_position_header_delivers_up_to_its_last_seq() {
+        let mut s = batching(&["r1"], 500);
+        for seq in 1..=4 {
+            s.push(write(seq));
+        }
+        let a = s.poll(0);
+        let push = s.on_log(a[0].id, Some(200), log_body(H, 1, 4), 0).unwrap();
+        assert!(matches!(
+            s.on_reply(push.id, ok(), 0),
+            Event::Delivered { settled: 4, .. }
+        ));
+        assert!(!s.is_busy());
+        assert_eq!(s.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn next_batch_starts_at_the_replicas_reported_seq() {
+        let mut s = batching(&["r1"], 500);
+        s.push(write(1));
+        let a = s.poll(0);
+        s.on_reply(a[0].id, replied(201, 1), 0);
+        // Seqs 2 and 3 went through another worker; this one holds 4 and 6.
+        s.push(write(4));
+        s.push(write(6));
+        let a = s.poll(0);
+        assert_eq!(fetch_of(&a[0]), (1, 5));
+        let push = s.on_log(a[0].id, Some(200), log_body(H, 2, 6), 0).unwrap();
+        assert!(matches!(push.send, Send::PushBatch { seq: 6, .. }));
+    }
+
+    #[test]
+    fn gap_on_a_batch_is_retried_from_where_the_replica_stands() {
+        let mut s = batching(&["r1"], 500);
+        for seq in 5..=6 {
+            s.push(write(seq));
+        }
+        let a = s.poll(0);
+        assert_eq!(fetch_of(&a[0]), (4, 2));
+        let push = s.on_log(a[0].id, Some(200), log_body(H, 5, 6), 0).unwrap();
+        assert_eq!(
+            s.on_reply(push.id, replied(409, 2), 0),
+            Event::Failed {
+                cluster: "r1".into(),
+                seq: 5,
+                last: 6,
+                status: Some(409),
+                retry_in_ms: 10
+            }
+        );
+        assert!(s.poll(9).is_empty());
+        let a = s.poll(10);
+        assert!(a[0].is_retry);
+        assert_eq!(fetch_of(&a[0]), (2, 4));
+    }
+
+    #[test]
+    fn reply_showing_the_replica_has_the_first_write_settles_what_it_has() {
+        let mut s = batching(&["r1"], 500);
+        for seq in 1..=3 {
+            s.push(write(seq));
+        }
+        let a = s.poll(0);
+        let push = s.on_log(a[0].id, Some(200), log_body(H, 1, 3), 0).unwrap();
+        assert!(matches!(
+            s.on_reply(push.id, replied(503, 2), 0),
+            Event::Delivered { settled: 2, .. }
+        ));
+        assert!(matches!(&s.poll(0)[0].send, Send::Write(w) if w.seq == 3));
+    }
+
+    #[test]
+    fn unusable_log_answer_falls_back_to_one_write_at_a_time() {
+        let bad: [(Option<u32>, Vec<u8>); 5] = [
+            (
+                Some(410),
+                br#"{"error":{"code":"ReplicationLogTruncated"}}"#.to_vec(),
+            ),
+            (Some(200), log_body(OTHER_HISTORY, 1, 2)),
+            (Some(200), log_body(H, 2, 2)),
+            (Some(200), b"{}".to_vec()),
+            (None, Vec::new()),
+        ];
+        for (status, body) in bad {
+            let mut s = batching(&["r1"], 500);
+            s.push(write(1));
+            s.push(write(2));
+            let a = s.poll(0);
+            assert_eq!(
+                s.on_log(a[0].id, status, body, 5),
+                Err(Event::BatchUnavailable {
+                    cluster: "r1".into(),
+                    status,
+                    until_ms: 5 + BACKOFF.max_ms
+                })
+            );
+            let single = s.poll(5);
+            assert!(matches!(&single[0].send, Send::Write(w) if w.seq == 1));
+            s.on_reply(single[0].id, ok(), 6);
+            // Past the pause, batches again.
+            s.push(write(3));
+            assert!(matches!(
+                s.poll(5 + BACKOFF.max_ms)[0].send,
+                Send::FetchLog { after: 1, limit: 2 }
+            ));
+        }
+    }
+
+    const OTHER_HISTORY: &str = "ffeeddccbbaa99887766554433221100";
+
+    #[test]
+    fn lost_log_read_frees_the_lane_without_counting_a_replica_failure() {
+        let mut s = batching(&["r1"], 500);
+        s.push(write(1));
+        s.push(write(2));
+        let a = s.poll(0);
+        let events = s.expire(TIMEOUT + LOST_REPLY_GRACE_MS);
+        assert!(matches!(
+            events.as_slice(),
+            [Event::BatchUnavailable { status: None, .. }]
+        ));
+        assert_eq!(
+            s.on_log(a[0].id, Some(200), log_body(H, 1, 2), 7_000),
+            Err(Event::Stale)
+        );
+        let single = s.poll(TIMEOUT + LOST_REPLY_GRACE_MS);
+        assert!(matches!(&single[0].send, Send::Write(w) if w.seq == 1 && !single[0].is_retry));
+    }
+
+    #[test]
+    fn too_large_batch_halves_the_lanes_batch_size() {
+        let mut s = batching(&["r1"], 8);
+        for seq in 1..=8 {
+            s.push(write(seq));
+        }
+        let a = s.poll(0);
+        assert_eq!(fetch_of(&a[0]), (0, 8));
+        let push = s.on_log(a[0].id, Some(200), log_body(H, 1, 8), 0).unwrap();
+        let reply = Outcome::Reply {
+            status: 413,
+            replica_seq: None,
+        };
+        assert!(matches!(
+            s.on_reply(push.id, reply, 0),
+            Event::Failed {
+                status: Some(413),
+                ..
+            }
+        ));
+        assert_eq!(fetch_of(&s.poll(10)[0]), (0, 4));
+    }
+
+    #[test]
+    fn log_answer_for_a_write_attempt_is_stale() {
+        let mut s = batching(&["r1"], 500);
+        s.push(write(1));
+        let a = s.poll(0);
+        assert_eq!(
+            s.on_log(a[0].id, Some(200), log_body(H, 1, 1), 0),
+            Err(Event::Stale)
+        );
+        assert!(matches!(
+            s.on_reply(a[0].id, ok(), 0),
+            Event::Delivered { .. }
+        ));
     }
 }
