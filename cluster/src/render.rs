@@ -206,6 +206,32 @@ mod tests {
     }
 
     #[test]
+    fn reads_skip_the_filter_and_lose_replication_headers_on_every_node() {
+        for config in &local(1)[1..] {
+            let yaml = &config.yaml;
+            let reads = yaml.matches(r#"regex: "GET|HEAD""#).count();
+            assert_eq!(reads, 2, "{}: /replicated/ and / read routes", config.name);
+            assert_eq!(
+                yaml.matches("disabled: true").count(),
+                reads,
+                "{}",
+                config.name
+            );
+            assert_eq!(
+                yaml.matches("key_matcher: { prefix: x-replication-, ignore_case: true }")
+                    .count(),
+                reads,
+                "{}",
+                config.name
+            );
+            // The status view is the filter's: its route comes before the reads.
+            let status = yaml.find("path: /replikv/replication").unwrap();
+            assert!(status < yaml.find(r#"regex: "GET|HEAD""#).unwrap());
+            assert!(yaml.contains("headers_with_underscores_action: DROP_HEADER"));
+        }
+    }
+
+    #[test]
     fn compose_configs_find_nodes_by_name() {
         let topology = Topology::compose(2).unwrap();
         let configs = render_all(&topology, "/etc/replikv/replikv_filter.wasm").unwrap();
