@@ -399,6 +399,23 @@ async fn client_replication_headers_never_reach_a_backend() {
         assert!(recorders[1].requests_with(marker).is_empty());
     }
 
+    // Through the load balancer: reads to either node, writes to the primary.
+    for (method, marker) in [("GET", "mark-lb-get"), ("POST", "mark-lb-post")] {
+        let path = format!("/api/9/http/keyvals/default?{marker}");
+        let status = raw_request(&t.lb(), method, &path, CLIENT_REPLICATION_HEADERS, "{}").await;
+        assert_eq!(status, 200, "{method} {path} through the load balancer");
+        let arrived: Vec<_> = recorders
+            .iter()
+            .flat_map(|r| r.requests_with(marker))
+            .collect();
+        assert_eq!(arrived.len(), 1, "{method} {path} reached one backend once");
+        assert!(
+            !arrived[0].iter().any(|n| is_replication_header(n)),
+            "{:?}",
+            arrived[0]
+        );
+    }
+
     // Nor did any other request to the primary's backend (health checks,
     // catch-up probes) carry one. (The replica's legitimately gets proofs.)
     let names = recorders[0].all_names();
