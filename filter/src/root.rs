@@ -898,7 +898,9 @@ impl Context for Root {
                     Err(_) => Err(Event::Stale),
                 };
                 match next {
-                    Ok(push) => self.dispatch(&shared, &push, now),
+                    Ok(Some(push)) => self.dispatch(&shared, &push, now),
+                    // The batch was read ahead: it waits until the attempt in flight succeeds.
+                    Ok(None) => {}
                     Err(event) => self.record(&shared, &event, now),
                 }
             }
