@@ -99,10 +99,13 @@ pub enum Send {
     FetchLog { after: u64, limit: u64 },
     /// Second step: `POST /replikv/apply` of the fetched body to the replica,
     /// signed with `history`, `seq` (the last entry's) and `applied_at` 0.
+    /// `read_ahead`: the body was read while the attempt before it was in
+    /// flight (counted apart, to show how often the log read left the path).
     PushBatch {
         history: String,
         seq: u64,
         body: Rc<[u8]>,
+        read_ahead: bool,
     },
 }
 
@@ -268,8 +271,10 @@ struct Entry {
 enum Step {
     /// One write to the replica.
     Write,
-    /// Reading the batch from the local log (entries after `after`).
-    Fetch { after: u64 },
+    /// Reading the batch from the local log (entries after `after`);
+    /// `read_ahead` when the read began while the attempt before it was in
+    /// flight.
+    Fetch { after: u64, read_ahead: bool },
     /// The batch on its way to the replica.
     Push,
 }
@@ -541,7 +546,10 @@ impl Shipper {
                             carried: carried(&lane.queue, ahead.last),
                             seq: head_seq,
                             last: ahead.last,
-                            step: Step::Fetch { after: ahead.after },
+                            step: Step::Fetch {
+                                after: ahead.after,
+                                read_ahead: true,
+                            },
                             give_up_at_ms: ahead.give_up_at_ms,
                         });
                         continue;
@@ -563,6 +571,7 @@ impl Shipper {
                             history,
                             seq: last,
                             body,
+                            read_ahead: true,
                         },
                         is_retry,
                     });
@@ -592,7 +601,10 @@ impl Shipper {
                         limit: range.last - range.after,
                     },
                     range.last,
-                    Step::Fetch { after: range.after },
+                    Step::Fetch {
+                        after: range.after,
+                        read_ahead: false,
+                    },
                 ),
                 None => (Send::Write(head_write), head_seq, Step::Write),
             };
@@ -684,7 +696,7 @@ impl Shipper {
             lane.in_flight = None;
             return Err(Event::Stale);
         };
-        let Step::Fetch { after } = flight.step else {
+        let Step::Fetch { after, read_ahead } = flight.step else {
             return Err(Event::Stale);
         };
         let bounds = (status == Some(200))
@@ -715,6 +727,7 @@ impl Shipper {
                 history,
                 seq: last,
                 body: Rc::from(body),
+                read_ahead,
             },
             is_retry,
         }))
@@ -1399,7 +1412,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(push.cluster, "r1");
-        let Send::PushBatch { history, seq, body } = &push.send else {
+        let Send::PushBatch {
+            history,
+            seq,
+            body,
+            read_ahead: false,
+        } = &push.send
+        else {
             panic!("{push:?}")
         };
         assert_eq!((history.as_str(), *seq), (H, 3));
@@ -1618,7 +1637,12 @@ mod tests {
 
     fn push_of(a: &Attempt) -> (u64, Vec<u8>) {
         match &a.send {
-            Send::PushBatch { seq, body, .. } => (*seq, body.to_vec()),
+            Send::PushBatch {
+                seq,
+                body,
+                read_ahead: true,
+                ..
+            } => (*seq, body.to_vec()),
             other => panic!("expected a batch push, got {other:?}"),
         }
     }
