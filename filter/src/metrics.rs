@@ -13,6 +13,9 @@ pub(crate) struct Metrics {
     pub shadow_sent: Option<u32>,
     /// Of those, batches (`POST /replikv/apply` of the queued writes).
     pub shadow_batches: Option<u32>,
+    /// Of those, batches read from the log while the attempt before them was
+    /// in flight, and pushed the moment it succeeded.
+    pub shadow_read_ahead: Option<u32>,
     /// Shadow writes a replica confirmed.
     pub shadow_ok: Option<u32>,
     /// Shadow-write attempts that failed (no reply, 5xx, 409 gap, ...).
@@ -69,9 +72,10 @@ fn define(kind: MetricType, name: &str) -> Option<u32> {
 }
 
 /// Names of the counters, for the status endpoint.
-pub(crate) const COUNTERS: [&str; 18] = [
+pub(crate) const COUNTERS: [&str; 19] = [
     "replikv.shadow.sent",
     "replikv.shadow.batches",
+    "replikv.shadow.read_ahead",
     "replikv.shadow.ok",
     "replikv.shadow.failed",
     "replikv.shadow.retried",
@@ -98,6 +102,7 @@ impl Metrics {
         Metrics {
             shadow_sent: counter("replikv.shadow.sent"),
             shadow_batches: counter("replikv.shadow.batches"),
+            shadow_read_ahead: counter("replikv.shadow.read_ahead"),
             shadow_ok: counter("replikv.shadow.ok"),
             shadow_failed: counter("replikv.shadow.failed"),
             shadow_retried: counter("replikv.shadow.retried"),

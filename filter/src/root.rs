@@ -457,9 +457,17 @@ impl Root {
                     },
                 )
             }
-            Send::PushBatch { history, seq, body } => {
+            Send::PushBatch {
+                history,
+                seq,
+                body,
+                read_ahead,
+            } => {
                 metrics::add(shared.metrics.shadow_sent, 1);
                 metrics::add(shared.metrics.shadow_batches, 1);
+                if *read_ahead {
+                    metrics::add(shared.metrics.shadow_read_ahead, 1);
+                }
                 if attempt.is_retry {
                     metrics::add(shared.metrics.shadow_retried, 1);
                 }
@@ -898,7 +906,9 @@ impl Context for Root {
                     Err(_) => Err(Event::Stale),
                 };
                 match next {
-                    Ok(push) => self.dispatch(&shared, &push, now),
+                    Ok(Some(push)) => self.dispatch(&shared, &push, now),
+                    // The batch was read ahead: it waits until the attempt in flight succeeds.
+                    Ok(None) => {}
                     Err(event) => self.record(&shared, &event, now),
                 }
             }

@@ -1,7 +1,8 @@
 //! The shadow-write queue of one VM: per replica, the writes still to deliver,
-//! kept sorted by seq, one request in flight at a time, retried with exponential
-//! backoff, bounded in bytes. Pure state machine: the root context feeds it the
-//! clock, dispatches the [`Attempt`]s it hands out and reports each reply back.
+//! kept sorted by seq, one request to the replica in flight at a time, retried
+//! with exponential backoff, bounded in bytes. Pure state machine: the root
+//! context feeds it the clock, dispatches the [`Attempt`]s it hands out and
+//! reports each reply back.
 //!
 //! A lane holding one write sends it as it came (the fast path: one shadow
 //! write, the lowest latency). A lane holding two or more sends them as ONE
@@ -11,6 +12,16 @@
 //! transaction. So the replica's commits no longer cap the write rate. Should
 //! the log not give a usable batch (410, error, another history), the lane
 //! sends its writes one by one for a while.
+//!
+//! The log read is pipelined when the replica runs late: while a lane's write
+//! or batch is on its way and at least as many writes (two or more) are queued
+//! past it as it carries, the lane already reads the next batch (the entries
+//! after the last seq in flight; see [`read_ahead_range`] for why it waits
+//! that long). When the attempt in flight succeeds, that batch is pushed at
+//! once instead of being read only then, so the local round trip leaves the
+//! replication path. When the attempt in flight fails, the batch read ahead is
+//! dropped and the usual retry takes over: nothing is ever pushed past a write
+//! the replica may lack, and still only one request per replica is in flight.
 //!
 //! Every Envoy worker has its own VM, so several shippers send to the same
 //! replica; a replica that gets seq N+1 before another worker's N answers 409
@@ -88,10 +99,13 @@ pub enum Send {
     FetchLog { after: u64, limit: u64 },
     /// Second step: `POST /replikv/apply` of the fetched body to the replica,
     /// signed with `history`, `seq` (the last entry's) and `applied_at` 0.
+    /// `read_ahead`: the body was read while the attempt before it was in
+    /// flight (counted apart, to show how often the log read left the path).
     PushBatch {
         history: String,
         seq: u64,
         body: Rc<[u8]>,
+        read_ahead: bool,
     },
 }
 
@@ -190,6 +204,38 @@ pub fn batch_range(
     (last > first).then_some(BatchRange { after, last })
 }
 
+/// The batch a lane reads ahead while its attempt carrying `carried` of its
+/// queued writes, up to seq `in_flight_last`, is on its way: the entries after
+/// that seq, ending at the last queued write, at most `limit` of them.
+///
+/// Only once `past` (the writes queued after `in_flight_last`) is at least
+/// two (a single write goes as a shadow write, which needs no log read) and at
+/// least `carried`. Queued writes arrive at about the pace the lane delivers
+/// them, so while the attempt is no slower than the one before, its batch
+/// grows no bigger than the one in flight, and reading it once the attempt
+/// succeeds makes as large a batch as ever. Once more writes are waiting than
+/// the attempt carries, it is running late (a slow replica, a busy core): then
+/// the next batch is read meanwhile and the local read leaves the path. Reading
+/// ahead as soon as two writes wait splits the stream into smaller batches,
+/// each one more replica request and commit on a busy node; in the L1
+/// benchmark scenario that made the lag worse, not better.
+pub fn read_ahead_range(
+    in_flight_last: u64,
+    carried: usize,
+    past: usize,
+    last_queued: u64,
+    limit: u64,
+) -> Option<BatchRange> {
+    if past < 2.max(carried) || limit < 2 || last_queued <= in_flight_last.saturating_add(1) {
+        return None;
+    }
+    let last = last_queued.min(in_flight_last.saturating_add(limit));
+    Some(BatchRange {
+        after: in_flight_last,
+        last,
+    })
+}
+
 /// The history and the first and last seq of a `GET /replikv/log` answer;
 /// `None` when it is not one or holds no entry.
 pub fn log_bounds(body: &[u8]) -> Option<(String, u64, u64)> {
@@ -208,6 +254,11 @@ pub fn log_bounds(body: &[u8]) -> Option<(String, u64, u64)> {
     Some((batch.history, first, last))
 }
 
+/// How many of the queued writes have a seq up to `last`.
+fn carried(queue: &VecDeque<Entry>, last: u64) -> usize {
+    queue.partition_point(|e| e.write.seq <= last)
+}
+
 #[derive(Debug)]
 struct Entry {
     write: Rc<ShadowWrite>,
@@ -220,15 +271,34 @@ struct Entry {
 enum Step {
     /// One write to the replica.
     Write,
-    /// Reading the batch from the local log (entries after `after`).
-    Fetch { after: u64 },
+    /// Reading the batch from the local log (entries after `after`);
+    /// `read_ahead` when the read began while the attempt before it was in
+    /// flight.
+    Fetch { after: u64, read_ahead: bool },
     /// The batch on its way to the replica.
     Push,
+}
+
+/// The next batch, read from the log while the lane's attempt is in flight.
+#[derive(Debug)]
+struct ReadAhead {
+    /// The [`Send::FetchLog`] attempt reading it.
+    attempt: u64,
+    /// The batch holds the entries after this seq: the last seq of the
+    /// attempt that was in flight when the read began.
+    after: u64,
+    /// The last seq asked for.
+    last: u64,
+    give_up_at_ms: u64,
+    /// The batch once read: its history, last seq and body.
+    batch: Option<(String, u64, Rc<[u8]>)>,
 }
 
 #[derive(Debug)]
 struct InFlight {
     attempt: u64,
+    /// How many of the lane's queued writes the attempt carries.
+    carried: usize,
     /// The lane's first write when the attempt began.
     seq: u64,
     /// The last seq the attempt carries (`seq` for one write).
@@ -243,6 +313,8 @@ struct Lane {
     cluster: String,
     queue: VecDeque<Entry>,
     in_flight: Option<InFlight>,
+    /// The next batch, read (or being read) while `in_flight` is on its way.
+    read_ahead: Option<ReadAhead>,
     /// Highest seq this replica is known to hold (0: nothing known).
     confirmed: u64,
     /// The seq the replica last reported (may be below `confirmed` after it
@@ -289,6 +361,7 @@ impl Shipper {
                     cluster: c.clone(),
                     queue: VecDeque::new(),
                     in_flight: None,
+                    read_ahead: None,
                     confirmed: 0,
                     reported: 0,
                     failing_since: None,
@@ -399,10 +472,20 @@ impl Shipper {
         true
     }
 
-    /// Counts as failed every attempt whose reply is overdue, so its lane moves on.
+    /// Counts as failed every attempt whose reply is overdue, so its lane moves
+    /// on; an overdue read ahead is dropped like a log read that gave no batch.
     pub fn expire(&mut self, now_ms: u64) -> Vec<Event> {
         let mut events = Vec::new();
         for i in 0..self.lanes.len() {
+            let lane = &mut self.lanes[i];
+            if lane
+                .read_ahead
+                .as_ref()
+                .is_some_and(|r| r.batch.is_none() && now_ms >= r.give_up_at_ms)
+            {
+                lane.read_ahead = None;
+                events.push(self.no_batch(i, None, now_ms));
+            }
             let overdue = self.lanes[i]
                 .in_flight
                 .as_ref()
@@ -421,22 +504,83 @@ impl Shipper {
             .saturating_add(LOST_REPLY_GRACE_MS)
     }
 
-    /// The attempts to send now, one for every lane that has nothing in flight
-    /// and whose backoff has passed: its lowest-seq write, or the first step
-    /// of a batch (see [`batch_range`]). They count as in flight from here on.
+    /// The attempts to send now. A lane with nothing in flight whose backoff
+    /// has passed sends the batch it read ahead, if its read is done (a read
+    /// still on its way becomes the lane's attempt), else its lowest-seq write
+    /// or the first step of a batch (see [`batch_range`]). A lane with a write
+    /// or batch in flight starts reading the next batch (see
+    /// [`read_ahead_range`]). They count as in flight from here on.
     pub fn poll(&mut self, now_ms: u64) -> Vec<Attempt> {
         let mut attempts = Vec::new();
         let give_up_at_ms = self.give_up_at(now_ms);
         for lane in &mut self.lanes {
-            if lane.in_flight.is_some() {
+            if let Some(flight) = lane.in_flight.as_ref().map(|f| (f.last, f.carried, f.step)) {
+                let id = self.next_attempt_id;
+                if let Some(attempt) =
+                    Self::start_read_ahead(lane, flight, now_ms, give_up_at_ms, id)
+                {
+                    self.next_attempt_id += 1;
+                    attempts.push(attempt);
+                }
                 continue;
             }
-            let (Some(head), Some(tail)) = (lane.queue.front(), lane.queue.back()) else {
+            let Some(head) = lane.queue.front() else {
+                // Everything was delivered meanwhile: nothing to push.
+                lane.read_ahead = None;
                 continue;
             };
             if head.not_before_ms > now_ms {
                 continue;
             }
+            let (head_write, is_retry) = (Rc::clone(&head.write), head.failures > 0);
+            let head_seq = head_write.seq;
+            if let Some(ahead) = lane.read_ahead.take() {
+                // Read after a seq the replica holds (the attempt before it
+                // succeeded), and still carrying something it lacks: use it.
+                let usable = ahead.after <= lane.confirmed
+                    && ahead.batch.as_ref().map_or(ahead.last, |b| b.1) > lane.confirmed;
+                if usable {
+                    let Some((history, last, body)) = ahead.batch else {
+                        lane.in_flight = Some(InFlight {
+                            attempt: ahead.attempt,
+                            carried: carried(&lane.queue, ahead.last),
+                            seq: head_seq,
+                            last: ahead.last,
+                            step: Step::Fetch {
+                                after: ahead.after,
+                                read_ahead: true,
+                            },
+                            give_up_at_ms: ahead.give_up_at_ms,
+                        });
+                        continue;
+                    };
+                    let id = self.next_attempt_id;
+                    self.next_attempt_id += 1;
+                    lane.in_flight = Some(InFlight {
+                        attempt: id,
+                        carried: carried(&lane.queue, last),
+                        seq: head_seq,
+                        last,
+                        step: Step::Push,
+                        give_up_at_ms,
+                    });
+                    attempts.push(Attempt {
+                        id,
+                        cluster: lane.cluster.clone(),
+                        send: Send::PushBatch {
+                            history,
+                            seq: last,
+                            body,
+                            read_ahead: true,
+                        },
+                        is_retry,
+                    });
+                    continue;
+                }
+            }
+            let Some(tail) = lane.queue.back() else {
+                continue;
+            };
             let id = self.next_attempt_id;
             self.next_attempt_id += 1;
             let batch = if lane.single_until > now_ms {
@@ -444,7 +588,7 @@ impl Shipper {
             } else {
                 batch_range(
                     lane.reported,
-                    head.write.seq,
+                    head_seq,
                     tail.write.seq,
                     lane.queue.len(),
                     lane.limit,
@@ -457,17 +601,17 @@ impl Shipper {
                         limit: range.last - range.after,
                     },
                     range.last,
-                    Step::Fetch { after: range.after },
+                    Step::Fetch {
+                        after: range.after,
+                        read_ahead: false,
+                    },
                 ),
-                None => (
-                    Send::Write(Rc::clone(&head.write)),
-                    head.write.seq,
-                    Step::Write,
-                ),
+                None => (Send::Write(head_write), head_seq, Step::Write),
             };
             lane.in_flight = Some(InFlight {
                 attempt: id,
-                seq: head.write.seq,
+                carried: carried(&lane.queue, last),
+                seq: head_seq,
                 last,
                 step,
                 give_up_at_ms,
@@ -476,16 +620,58 @@ impl Shipper {
                 id,
                 cluster: lane.cluster.clone(),
                 send,
-                is_retry: head.failures > 0,
+                is_retry,
             });
         }
         attempts
     }
 
+    /// The read of the next batch for a lane whose write or batch
+    /// `(last seq, writes carried, step)` is on its way, if it is time for one
+    /// (none yet, batches allowed, see [`read_ahead_range`]); recorded in the
+    /// lane.
+    fn start_read_ahead(
+        lane: &mut Lane,
+        (in_flight_last, in_flight_carried, step): (u64, usize, Step),
+        now_ms: u64,
+        give_up_at_ms: u64,
+        id: u64,
+    ) -> Option<Attempt> {
+        if lane.read_ahead.is_some()
+            || lane.single_until > now_ms
+            || matches!(step, Step::Fetch { .. })
+        {
+            return None;
+        }
+        let tail = lane.queue.back()?.write.seq;
+        let past = lane.queue.len()
+            - lane
+                .queue
+                .partition_point(|e| e.write.seq <= in_flight_last);
+        let range = read_ahead_range(in_flight_last, in_flight_carried, past, tail, lane.limit)?;
+        lane.read_ahead = Some(ReadAhead {
+            attempt: id,
+            after: range.after,
+            last: range.last,
+            give_up_at_ms,
+            batch: None,
+        });
+        Some(Attempt {
+            id,
+            cluster: lane.cluster.clone(),
+            send: Send::FetchLog {
+                after: range.after,
+                limit: range.last - range.after,
+            },
+            is_retry: false,
+        })
+    }
+
     /// Takes the local backend's answer to the [`Send::FetchLog`] of attempt
     /// `id` (`status` `None`: no answer). A batch that covers the lane's first
     /// write, starts where asked and is of its history is to be pushed: the
-    /// returned attempt, in flight from here on. Anything else is an
+    /// returned attempt, in flight from here on. A batch read ahead is kept
+    /// until the attempt in flight succeeds (`Ok(None)`). Anything else is an
     /// [`Event::BatchUnavailable`] (or [`Event::Stale`]), and the lane sends
     /// one write at a time for a while.
     pub fn on_log(
@@ -494,7 +680,12 @@ impl Shipper {
         status: Option<u32>,
         body: Vec<u8>,
         now_ms: u64,
-    ) -> Result<Attempt, Event> {
+    ) -> Result<Option<Attempt>, Event> {
+        if let Some(index) = self.read_ahead_lane_of(id) {
+            return self
+                .on_read_ahead(index, status, body, now_ms)
+                .map(|()| None);
+        }
         let Some(index) = self.lane_of(id) else {
             return Err(Event::Stale);
         };
@@ -505,7 +696,7 @@ impl Shipper {
             lane.in_flight = None;
             return Err(Event::Stale);
         };
-        let Step::Fetch { after } = flight.step else {
+        let Step::Fetch { after, read_ahead } = flight.step else {
             return Err(Event::Stale);
         };
         let bounds = (status == Some(200))
@@ -520,22 +711,65 @@ impl Shipper {
         };
         self.next_attempt_id += 1;
         let is_retry = head.failures > 0;
+        let carried = carried(&lane.queue, last);
         lane.in_flight = Some(InFlight {
             attempt,
+            carried,
             seq: head.write.seq,
             last,
             step: Step::Push,
             give_up_at_ms,
         });
-        Ok(Attempt {
+        Ok(Some(Attempt {
             id: attempt,
             cluster: lane.cluster.clone(),
             send: Send::PushBatch {
                 history,
                 seq: last,
                 body: Rc::from(body),
+                read_ahead,
             },
             is_retry,
+        }))
+    }
+
+    /// Keeps the batch read ahead for lane `index` if it starts where asked,
+    /// is of the queued writes' history and holds at least one entry; else
+    /// drops it, and the lane sends one write at a time for a while.
+    fn on_read_ahead(
+        &mut self,
+        index: usize,
+        status: Option<u32>,
+        body: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<(), Event> {
+        let lane = &mut self.lanes[index];
+        let Some(ahead) = lane.read_ahead.as_mut() else {
+            return Err(Event::Stale);
+        };
+        let history = lane.queue.front().map(|e| e.write.history.as_str());
+        let bounds = (status == Some(200))
+            .then(|| log_bounds(&body))
+            .flatten()
+            .filter(|(h, first, _)| Some(h.as_str()) == history && *first == ahead.after + 1);
+        match bounds {
+            Some((history, _, last)) => {
+                ahead.batch = Some((history, last, Rc::from(body)));
+                Ok(())
+            }
+            None => {
+                lane.read_ahead = None;
+                Err(self.no_batch(index, status, now_ms))
+            }
+        }
+    }
+
+    /// The lane whose read ahead (still unanswered) is attempt `id`.
+    fn read_ahead_lane_of(&self, id: u64) -> Option<usize> {
+        self.lanes.iter().position(|l| {
+            l.read_ahead
+                .as_ref()
+                .is_some_and(|r| r.attempt == id && r.batch.is_none())
         })
     }
 
@@ -565,6 +799,11 @@ impl Shipper {
     /// `ReplicationGap`, ...) is retried after a backoff that doubles with each
     /// failure of the lane's first write; a 413 also halves the batch size.
     pub fn on_reply(&mut self, id: u64, outcome: Outcome, now_ms: u64) -> Event {
+        if let Some(lane) = self.read_ahead_lane_of(id) {
+            // Only a read ahead that could not be dispatched ends here.
+            self.lanes[lane].read_ahead = None;
+            return self.no_batch(lane, None, now_ms);
+        }
         match self.lane_of(id) {
             Some(lane) => self.settle(lane, id, outcome, now_ms),
             None => Event::Stale,
@@ -602,6 +841,11 @@ impl Shipper {
             }
             Outcome::NoReply => (None, None),
         };
+        if delivered_up_to.is_none_or(|up_to| up_to < last) {
+            // The next batch was read after `last`, which the replica may
+            // lack: pushing it could only fail. The retry reads afresh.
+            lane.read_ahead = None;
+        }
 
         if let Some(up_to) = delivered_up_to {
             lane.confirmed = lane.confirmed.max(up_to);
@@ -632,6 +876,7 @@ impl Shipper {
                 self.bytes = self.bytes.saturating_sub(entry.write.cost());
             }
             lane.failing_since = None;
+            lane.read_ahead = None;
             lane.detached_until = now_ms.saturating_add(self.detach_after_ms);
             return Event::Detached {
                 cluster: lane.cluster.clone(),
@@ -669,7 +914,7 @@ impl Shipper {
     pub fn is_busy(&self) -> bool {
         self.lanes
             .iter()
-            .any(|l| !l.queue.is_empty() || l.in_flight.is_some())
+            .any(|l| !l.queue.is_empty() || l.in_flight.is_some() || l.read_ahead.is_some())
     }
 }
 
@@ -1162,9 +1407,18 @@ mod tests {
         assert_eq!(a.len(), 2);
         assert_eq!(fetch_of(&a[0]), (0, 3));
         assert!(s.poll(1).is_empty(), "one attempt in flight per replica");
-        let push = s.on_log(a[0].id, Some(200), log_body(H, 1, 3), 1).unwrap();
+        let push = s
+            .on_log(a[0].id, Some(200), log_body(H, 1, 3), 1)
+            .unwrap()
+            .unwrap();
         assert_eq!(push.cluster, "r1");
-        let Send::PushBatch { history, seq, body } = &push.send else {
+        let Send::PushBatch {
+            history,
+            seq,
+            body,
+            read_ahead: false,
+        } = &push.send
+        else {
             panic!("{push:?}")
         };
         assert_eq!((history.as_str(), *seq), (H, 3));
@@ -1191,7 +1445,10 @@ mod tests {
             s.push(write(seq));
         }
         let a = s.poll(0);
-        let push = s.on_log(a[0].id, Some(200), log_body(H, 1, 4), 0).unwrap();
+        let push = s
+            .on_log(a[0].id, Some(200), log_body(H, 1, 4), 0)
+            .unwrap()
+            .unwrap();
         assert!(matches!(
             s.on_reply(push.id, ok(), 0),
             Event::Delivered { settled: 4, .. }
@@ -1211,7 +1468,10 @@ mod tests {
         s.push(write(6));
         let a = s.poll(0);
         assert_eq!(fetch_of(&a[0]), (1, 5));
-        let push = s.on_log(a[0].id, Some(200), log_body(H, 2, 6), 0).unwrap();
+        let push = s
+            .on_log(a[0].id, Some(200), log_body(H, 2, 6), 0)
+            .unwrap()
+            .unwrap();
         assert!(matches!(push.send, Send::PushBatch { seq: 6, .. }));
     }
 
@@ -1223,7 +1483,10 @@ mod tests {
         }
         let a = s.poll(0);
         assert_eq!(fetch_of(&a[0]), (4, 2));
-        let push = s.on_log(a[0].id, Some(200), log_body(H, 5, 6), 0).unwrap();
+        let push = s
+            .on_log(a[0].id, Some(200), log_body(H, 5, 6), 0)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             s.on_reply(push.id, replied(409, 2), 0),
             Event::Failed {
@@ -1247,7 +1510,10 @@ mod tests {
             s.push(write(seq));
         }
         let a = s.poll(0);
-        let push = s.on_log(a[0].id, Some(200), log_body(H, 1, 3), 0).unwrap();
+        let push = s
+            .on_log(a[0].id, Some(200), log_body(H, 1, 3), 0)
+            .unwrap()
+            .unwrap();
         assert!(matches!(
             s.on_reply(push.id, replied(503, 2), 0),
             Event::Delivered { settled: 2, .. }
@@ -1321,7 +1587,10 @@ mod tests {
         }
         let a = s.poll(0);
         assert_eq!(fetch_of(&a[0]), (0, 8));
-        let push = s.on_log(a[0].id, Some(200), log_body(H, 1, 8), 0).unwrap();
+        let push = s
+            .on_log(a[0].id, Some(200), log_body(H, 1, 8), 0)
+            .unwrap()
+            .unwrap();
         let reply = Outcome::Reply {
             status: 413,
             replica_seq: None,
@@ -1349,5 +1618,393 @@ mod tests {
             s.on_reply(a[0].id, ok(), 0),
             Event::Delivered { .. }
         ));
+    }
+
+    /// A lane with writes 1..=3 queued whose batch (read from the log) is now
+    /// on its way to the replica: the shipper and the push attempt.
+    fn pushing_first_three() -> (Shipper, Attempt) {
+        let mut s = batching(&["r1"], 500);
+        for seq in 1..=3 {
+            s.push(write(seq));
+        }
+        let a = s.poll(0);
+        let push = s
+            .on_log(a[0].id, Some(200), log_body(H, 1, 3), 0)
+            .unwrap()
+            .unwrap();
+        (s, push)
+    }
+
+    fn push_of(a: &Attempt) -> (u64, Vec<u8>) {
+        match &a.send {
+            Send::PushBatch {
+                seq,
+                body,
+                read_ahead: true,
+                ..
+            } => (*seq, body.to_vec()),
+            other => panic!("expected a batch push, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn read_ahead_range_waits_for_as_many_writes_as_are_in_flight() {
+        assert_eq!(read_ahead_range(3, 3, 1, 4, 500), None);
+        assert_eq!(read_ahead_range(3, 3, 2, 5, 500), None);
+        assert_eq!(
+            read_ahead_range(3, 3, 3, 6, 500),
+            Some(BatchRange { after: 3, last: 6 })
+        );
+        // A single write in flight: two queued past it are enough.
+        assert_eq!(read_ahead_range(7, 1, 1, 8, 500), None);
+        assert_eq!(
+            read_ahead_range(7, 1, 2, 9, 500),
+            Some(BatchRange { after: 7, last: 9 })
+        );
+        // At most `limit` entries; none when batches are off.
+        assert_eq!(
+            read_ahead_range(0, 2, 900, 900, 500),
+            Some(BatchRange {
+                after: 0,
+                last: 500
+            })
+        );
+        assert_eq!(read_ahead_range(7, 1, 2, 9, 1), None);
+    }
+
+    #[test]
+    fn next_batch_is_read_while_the_push_in_flight_runs_late() {
+        let (mut s, _push) = pushing_first_three();
+        s.push(write(4));
+        s.push(write(5));
+        assert!(
+            s.poll(1).is_empty(),
+            "fewer writes wait than the push carries: read them once it is back"
+        );
+        s.push(write(6));
+        let ahead = s.poll(2);
+        assert_eq!(ahead.len(), 1);
+        assert_eq!(ahead[0].cluster, "r1");
+        assert_eq!(fetch_of(&ahead[0]), (3, 3));
+        assert!(s.poll(3).is_empty(), "one read ahead at a time");
+    }
+
+    #[test]
+    fn batch_read_ahead_is_pushed_as_soon_as_the_push_in_flight_succeeds() {
+        let (mut s, push) = pushing_first_three();
+        for seq in 4..=6 {
+            s.push(write(seq));
+        }
+        let ahead = s.poll(1);
+        assert_eq!(
+            s.on_log(ahead[0].id, Some(200), log_body(H, 4, 6), 2),
+            Ok(None),
+            "kept until the push in flight is answered"
+        );
+        assert!(s.poll(3).is_empty(), "still one push in flight");
+        assert!(matches!(
+            s.on_reply(push.id, replied(204, 3), 4),
+            Event::Delivered { settled: 3, .. }
+        ));
+        let next = s.poll(4);
+        assert_eq!(next.len(), 1);
+        assert_eq!(push_of(&next[0]), (6, log_body(H, 4, 6)));
+        assert!(!next[0].is_retry);
+        assert_eq!(
+            s.on_reply(next[0].id, replied(204, 6), 5),
+            Event::Delivered {
+                cluster: "r1".into(),
+                seq: 4,
+                settled: 3
+            }
+        );
+        assert!(!s.is_busy());
+    }
+
+    #[test]
+    fn read_ahead_still_on_its_way_when_the_push_succeeds_is_pushed_on_arrival() {
+        let (mut s, push) = pushing_first_three();
+        for seq in 4..=6 {
+            s.push(write(seq));
+        }
+        let ahead = s.poll(1);
+        s.on_reply(push.id, replied(204, 3), 2);
+        assert!(
+            s.poll(2).is_empty(),
+            "the read already under way is waited for"
+        );
+        let next = s
+            .on_log(ahead[0].id, Some(200), log_body(H, 4, 6), 3)
+            .unwrap()
+            .unwrap();
+        assert_eq!(push_of(&next).0, 6);
+    }
+
+    #[test]
+    fn read_ahead_is_dropped_when_the_push_in_flight_fails() {
+        let (mut s, push) = pushing_first_three();
+        for seq in 4..=6 {
+            s.push(write(seq));
+        }
+        let ahead = s.poll(1);
+        assert_eq!(
+            s.on_log(ahead[0].id, Some(200), log_body(H, 4, 6), 2),
+            Ok(None)
+        );
+        assert!(matches!(
+            s.on_reply(push.id, replied(409, 0), 3),
+            Event::Failed {
+                seq: 1,
+                last: 3,
+                ..
+            }
+        ));
+        // The retry starts from where the replica stands, read afresh.
+        let retry = s.poll(3 + 10);
+        assert_eq!(retry.len(), 1);
+        assert!(retry[0].is_retry);
+        assert_eq!(fetch_of(&retry[0]), (0, 6));
+    }
+
+    #[test]
+    fn read_ahead_answered_after_the_push_failed_is_stale() {
+        let (mut s, push) = pushing_first_three();
+        for seq in 4..=6 {
+            s.push(write(seq));
+        }
+        let ahead = s.poll(1);
+        s.on_reply(push.id, Outcome::NoReply, 2);
+        assert_eq!(
+            s.on_log(ahead[0].id, Some(200), log_body(H, 4, 6), 3),
+            Err(Event::Stale)
+        );
+        assert_eq!(fetch_of(&s.poll(2 + 10)[0]), (0, 6));
+    }
+
+    #[test]
+    fn read_ahead_is_dropped_when_the_push_in_flight_times_out() {
+        let (mut s, _push) = pushing_first_three();
+        for seq in 4..=6 {
+            s.push(write(seq));
+        }
+        let ahead = s.poll(TIMEOUT);
+        assert_eq!(
+            s.on_log(ahead[0].id, Some(200), log_body(H, 4, 6), TIMEOUT),
+            Ok(None)
+        );
+        let events = s.expire(TIMEOUT + LOST_REPLY_GRACE_MS);
+        assert!(matches!(
+            events.as_slice(),
+            [Event::Failed {
+                seq: 1,
+                status: None,
+                ..
+            }]
+        ));
+        let retry = s.poll(TIMEOUT + LOST_REPLY_GRACE_MS + 10);
+        assert_eq!(fetch_of(&retry[0]), (0, 6));
+    }
+
+    #[test]
+    fn reply_showing_only_part_of_the_push_applied_drops_the_read_ahead() {
+        let (mut s, push) = pushing_first_three();
+        for seq in 4..=6 {
+            s.push(write(seq));
+        }
+        let ahead = s.poll(1);
+        s.on_log(ahead[0].id, Some(200), log_body(H, 4, 6), 2)
+            .unwrap();
+        // A 503 from a replica that holds seq 2 only: the read-ahead batch
+        // (after 3) would leave a hole.
+        assert!(matches!(
+            s.on_reply(push.id, replied(503, 2), 3),
+            Event::Delivered { settled: 2, .. }
+        ));
+        let next = s.poll(3);
+        assert_eq!(fetch_of(&next[0]), (2, 4));
+    }
+
+    #[test]
+    fn read_ahead_overtaken_by_other_workers_is_not_pushed() {
+        let (mut s, push) = pushing_first_three();
+        for seq in 4..=6 {
+            s.push(write(seq));
+        }
+        let ahead = s.poll(1);
+        s.on_log(ahead[0].id, Some(200), log_body(H, 4, 6), 2)
+            .unwrap();
+        // The replica already holds seq 9: other workers delivered the rest.
+        assert!(matches!(
+            s.on_reply(push.id, replied(204, 9), 3),
+            Event::Delivered { settled: 6, .. }
+        ));
+        assert!(s.poll(3).is_empty());
+        assert!(!s.is_busy());
+    }
+
+    #[test]
+    fn unusable_read_ahead_falls_back_to_one_write_at_a_time_after_the_push() {
+        let (mut s, push) = pushing_first_three();
+        for seq in 4..=6 {
+            s.push(write(seq));
+        }
+        let ahead = s.poll(1);
+        assert_eq!(
+            s.on_log(
+                ahead[0].id,
+                Some(410),
+                br#"{"error":{"code":"ReplicationLogTruncated"}}"#.to_vec(),
+                2
+            ),
+            Err(Event::BatchUnavailable {
+                cluster: "r1".into(),
+                status: Some(410),
+                until_ms: 2 + BACKOFF.max_ms
+            })
+        );
+        assert!(s.poll(2).is_empty(), "the push in flight goes on");
+        assert!(matches!(
+            s.on_reply(push.id, replied(204, 3), 3),
+            Event::Delivered { settled: 3, .. }
+        ));
+        assert!(matches!(&s.poll(3)[0].send, Send::Write(w) if w.seq == 4));
+    }
+
+    #[test]
+    fn read_ahead_of_another_history_is_not_kept() {
+        let (mut s, _push) = pushing_first_three();
+        for seq in 4..=6 {
+            s.push(write(seq));
+        }
+        let ahead = s.poll(1);
+        assert!(matches!(
+            s.on_log(ahead[0].id, Some(200), log_body(OTHER_HISTORY, 4, 6), 2),
+            Err(Event::BatchUnavailable { .. })
+        ));
+        // Starting elsewhere than asked is refused too.
+        let (mut s, _push) = pushing_first_three();
+        for seq in 4..=6 {
+            s.push(write(seq));
+        }
+        let ahead = s.poll(1);
+        assert!(matches!(
+            s.on_log(ahead[0].id, Some(200), log_body(H, 5, 6), 2),
+            Err(Event::BatchUnavailable { .. })
+        ));
+    }
+
+    #[test]
+    fn lost_read_ahead_is_given_up_without_failing_the_push() {
+        let (mut s, push) = pushing_first_three();
+        for seq in 4..=6 {
+            s.push(write(seq));
+        }
+        let ahead = s.poll(1);
+        let late = 1 + TIMEOUT + LOST_REPLY_GRACE_MS;
+        // The push is overdue too by then; answer it just before.
+        assert!(matches!(
+            s.on_reply(push.id, replied(204, 3), late - 1),
+            Event::Delivered { .. }
+        ));
+        // Promoted to the lane's own log read, its loss ends like one.
+        assert!(s.poll(late - 1).is_empty());
+        let events = s.expire(late);
+        assert!(matches!(
+            events.as_slice(),
+            [Event::BatchUnavailable { status: None, .. }]
+        ));
+        assert_eq!(
+            s.on_log(ahead[0].id, Some(200), log_body(H, 4, 6), late),
+            Err(Event::Stale)
+        );
+        assert!(matches!(&s.poll(late)[0].send, Send::Write(w) if w.seq == 4));
+    }
+
+    #[test]
+    fn overdue_read_ahead_is_given_up_like_a_lost_log_read() {
+        let (mut s, push) = pushing_first_three();
+        for seq in 4..=6 {
+            s.push(write(seq));
+        }
+        let ahead = s.poll(500);
+        let events = s.expire(500 + TIMEOUT + LOST_REPLY_GRACE_MS);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(matches!(
+            events[0],
+            Event::BatchUnavailable { status: None, .. }
+        ));
+        assert!(matches!(events[1], Event::Failed { seq: 1, .. }));
+        assert_eq!(s.on_reply(push.id, ok(), 0), Event::Stale);
+        assert_eq!(
+            s.on_log(ahead[0].id, Some(200), log_body(H, 4, 6), 0),
+            Err(Event::Stale)
+        );
+    }
+
+    #[test]
+    fn undispatched_read_ahead_is_dropped_at_once() {
+        let (mut s, push) = pushing_first_three();
+        for seq in 4..=6 {
+            s.push(write(seq));
+        }
+        let ahead = s.poll(1);
+        // What the root reports when the read could not be dispatched.
+        assert!(matches!(
+            s.on_reply(ahead[0].id, Outcome::NoReply, 1),
+            Event::BatchUnavailable { status: None, .. }
+        ));
+        assert!(matches!(
+            s.on_reply(push.id, replied(204, 3), 2),
+            Event::Delivered { settled: 3, .. }
+        ));
+        assert!(matches!(&s.poll(2)[0].send, Send::Write(w) if w.seq == 4));
+    }
+
+    #[test]
+    fn single_write_in_flight_also_gets_the_next_batch_read_ahead() {
+        let mut s = batching(&["r1"], 500);
+        s.push(write(1));
+        let write_attempt = s.poll(0);
+        assert!(matches!(&write_attempt[0].send, Send::Write(w) if w.seq == 1));
+        s.push(write(2));
+        s.push(write(3));
+        let ahead = s.poll(1);
+        assert_eq!(fetch_of(&ahead[0]), (1, 2));
+        s.on_log(ahead[0].id, Some(200), log_body(H, 2, 3), 2)
+            .unwrap();
+        s.on_reply(write_attempt[0].id, ok(), 3);
+        assert_eq!(push_of(&s.poll(3)[0]), (3, log_body(H, 2, 3)));
+    }
+
+    #[test]
+    fn lane_with_a_read_ahead_pending_is_busy_and_detaching_drops_it() {
+        let clusters = ["r1".to_owned()];
+        let mut s = Shipper::new(&clusters, 1 << 20, BACKOFF, TIMEOUT, 100, 500);
+        s.enqueue(write(1), 0);
+        let first = s.poll(0);
+        s.on_reply(first[0].id, Outcome::NoReply, 0);
+        for seq in 2..=3 {
+            s.enqueue(write(seq), 0);
+        }
+        let a = s.poll(50);
+        let push = s
+            .on_log(a[0].id, Some(200), log_body(H, 1, 3), 50)
+            .unwrap()
+            .unwrap();
+        for seq in 4..=6 {
+            s.enqueue(write(seq), 50);
+        }
+        let ahead = s.poll(50);
+        assert_eq!(ahead.len(), 1);
+        assert!(s.is_busy());
+        assert!(matches!(
+            s.on_reply(push.id, Outcome::NoReply, 100),
+            Event::Detached { dropped: 6, .. }
+        ));
+        assert!(!s.is_busy());
+        assert_eq!(
+            s.on_log(ahead[0].id, Some(200), log_body(H, 4, 6), 100),
+            Err(Event::Stale)
+        );
     }
 }
