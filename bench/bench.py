@@ -781,12 +781,21 @@ def run_lag(settings, topo, w1_rps, rate=None):
         raise RuntimeError(f"wrk gave no result (exit {load.returncode}):\n{stdout}\n{stderr}")
     seconds = wrk_out["duration_us"] / 1e6
     cpu = sum(after[n] - before.get(n, 0) for n in after) / CLK_TCK
+    # The probe's own writes count too; its reads of the replica are few
+    # (one per key, plus at most one poll a millisecond while one is awaited).
+    writes = max(1, wrk_out["requests"] + lag.get("samples", 0))
     return {
         "target_rps": rate,
         "achieved_rps": wrk_out["requests"] / seconds,
         "load_latency_ms": {k: v / 1000 for k, v in wrk_out["latency_us"].items()},
         "load_errors": sum(wrk_out["errors"].values()),
         "server_core_use": cpu / seconds,
+        # Server CPU per write, by process: how the cost of one write changes
+        # with the rate (L1 at half W1 against the low rate, and W1 itself).
+        "cpu_us_per_write": cpu / writes * 1e6,
+        "cpu_us_per_write_by_process": {
+            n: (after[n] - before.get(n, 0)) / CLK_TCK / writes * 1e6 for n in after
+        },
         "probe": lag,
     }
 
@@ -901,6 +910,12 @@ def target_lines(r):
     return lines
 
 
+def by_process(lag):
+    """`name µs, ...` of a lag run's server CPU per write."""
+    per = lag.get("cpu_us_per_write_by_process", {})
+    return ", ".join(f"{n} {v:.0f}" for n, v in sorted(per.items(), key=lambda kv: -kv[1]))
+
+
 def markdown(doc):
     s, m, results = doc["settings"], doc["machine"], doc["results"]
     lines = [
@@ -949,7 +964,8 @@ def markdown(doc):
             f" p50 {fmt(p['lag_ms']['p50'])} ms, p90 {fmt(p['lag_ms']['p90'])} ms,"
             f" p99 {fmt(p['lag_ms']['p99'])} ms, max {fmt(p['lag_ms']['max'])} ms over"
             f" {p['samples']} probes ({p['missing']} not visible 10 s after the load,"
-            f" {p['write_errors']} failed writes); server core use {fmt(l['server_core_use'])}.",
+            f" {p['write_errors']} failed writes); server core use {fmt(l['server_core_use'])},"
+            f" server CPU {fmt(l['cpu_us_per_write'], 0)} µs per write ({by_process(l)}).",
             "",
         ]
         if "lag_low" in lag:
@@ -957,7 +973,8 @@ def markdown(doc):
             p = l["probe"]
             lines += [
                 f"L1 at a low fixed rate ({l['target_rps']:,} req/s, BENCH_L1_LOW_RATE; achieved"
-                f" {l['achieved_rps']:,.0f} req/s, server core use {fmt(l['server_core_use'])}):"
+                f" {l['achieved_rps']:,.0f} req/s, server core use {fmt(l['server_core_use'])},"
+                f" server CPU {fmt(l['cpu_us_per_write'], 0)} µs per write ({by_process(l)})):"
                 f" lag p50 {fmt(p['lag_ms']['p50'])} ms, p90 {fmt(p['lag_ms']['p90'])} ms,"
                 f" p99 {fmt(p['lag_ms']['p99'])} ms, max {fmt(p['lag_ms']['max'])} ms over"
                 f" {p['samples']} probes ({p['missing']} not visible). Not a target: it shows"

@@ -239,6 +239,9 @@ def lag_sweep(settings, work, rates):
             "replica_seq": check.get("replica_seq"),
             "shadow_sent": check.get("shadow.sent"),
             "shadow_ok": check.get("shadow.ok"),
+            "server_core_use": lag["server_core_use"],
+            "cpu_us_per_write": lag["cpu_us_per_write"],
+            "cpu_us_per_write_by_process": lag["cpu_us_per_write_by_process"],
         }
         out.append(row)
         print(
@@ -294,15 +297,25 @@ def markdown(doc):
             f"One lone write (one commit, one fsync) on the kv-backend: p50 {c['p50']:.2f} ms,"
             f" p90 {c['p90']:.2f} ms, p99 {c['p99']:.2f} ms.",
             "",
-            "| writes/s | achieved | lag p50 ms | p90 | p99 | max | replica commits / writes | shadow requests / writes |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+            "Server CPU per write (every server process, the lag probe's writes included)"
+            " against the rate: what a write costs when the servers sleep between writes"
+            " compared with when they never do.",
+            "",
+            "| writes/s | achieved | lag p50 ms | p90 | p99 | max | replica commits / writes"
+            " | shadow requests / writes | server core use | server CPU µs/write | by process (µs/write) |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | --- |",
         ]
         for r in doc["lag"]:
             l = r["lag_ms"]
+            per = ", ".join(
+                f"{n} {v:.0f}"
+                for n, v in sorted(r.get("cpu_us_per_write_by_process", {}).items(), key=lambda kv: -kv[1])
+            )
             lines.append(
                 f"| {r['rate']} | {r['achieved']:.0f} | {bench.fmt(l['p50'])} | {bench.fmt(l['p90'])}"
                 f" | {bench.fmt(l['p99'])} | {bench.fmt(l['max'])} | {r['replica_commits']} / {r['replica_seq']}"
-                f" | {r['shadow_sent']} / {r['shadow_ok']} |"
+                f" | {r['shadow_sent']} / {r['shadow_ok']} | {bench.fmt(r.get('server_core_use'))}"
+                f" | {bench.fmt(r.get('cpu_us_per_write'), 0)} | {per} |"
             )
     return "\n".join(lines) + "\n"
 
