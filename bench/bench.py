@@ -910,6 +910,16 @@ def target_lines(r):
     return lines
 
 
+def print_lag(lag):
+    """One progress line for a lag run."""
+    p = lag["probe"]["lag_ms"]
+    print(
+        f"  L1 at {lag['achieved_rps']:.0f} req/s: lag p50 {fmt(p['p50'])} ms"
+        f" p99 {fmt(p['p99'])} ms ({lag['probe']['samples']} probes)",
+        flush=True,
+    )
+
+
 def by_process(lag):
     """`name µs, ...` of a lag run's server CPU per write."""
     per = lag.get("cpu_us_per_write_by_process", {})
@@ -1237,24 +1247,14 @@ def main():
                 w1 = results.get("W1", {}).get("median", {}).get("rps")
                 lag = run_lag(settings, topo, w1)
                 results[sid] = {"lag": lag, "replication": replication_check(topo)}
-                p = lag["probe"]["lag_ms"]
-                print(
-                    f"  L1 at {lag['achieved_rps']:.0f} req/s: lag p50 {fmt(p['p50'])} ms"
-                    f" p99 {fmt(p['p99'])} ms ({lag['probe']['samples']} probes)",
-                    flush=True,
-                )
+                print_lag(lag)
                 drop(kind)
                 # The same at a low fixed rate, where the server core is far
                 # from full: the lag of the design itself rather than of a
                 # queue for the one core every server shares here.
                 low = run_lag(settings, topology(kind), w1, settings.l1_low_rate)
                 results[sid]["lag_low"] = low
-                p = low["probe"]["lag_ms"]
-                print(
-                    f"  L1 at {low['achieved_rps']:.0f} req/s: lag p50 {fmt(p['p50'])} ms"
-                    f" p99 {fmt(p['p99'])} ms ({low['probe']['samples']} probes)",
-                    flush=True,
-                )
+                print_lag(low)
                 drop(kind)
             except expected as error:
                 failed(sid, kind, error)
