@@ -1635,6 +1635,15 @@ mod tests {
         (s, push)
     }
 
+    /// Queues writes 4 to 6 behind the push of 1 to 3 and polls at `now`:
+    /// the attempts that gives (the read ahead of 4 to 6, when one is due).
+    fn queue_past_the_push(s: &mut Shipper, now: u64) -> Vec<Attempt> {
+        for seq in 4..=6 {
+            s.push(write(seq));
+        }
+        s.poll(now)
+    }
+
     fn push_of(a: &Attempt) -> (u64, Vec<u8>) {
         match &a.send {
             Send::PushBatch {
@@ -1692,10 +1701,7 @@ mod tests {
     #[test]
     fn batch_read_ahead_is_pushed_as_soon_as_the_push_in_flight_succeeds() {
         let (mut s, push) = pushing_first_three();
-        for seq in 4..=6 {
-            s.push(write(seq));
-        }
-        let ahead = s.poll(1);
+        let ahead = queue_past_the_push(&mut s, 1);
         assert_eq!(
             s.on_log(ahead[0].id, Some(200), log_body(H, 4, 6), 2),
             Ok(None),
@@ -1724,10 +1730,7 @@ mod tests {
     #[test]
     fn read_ahead_still_on_its_way_when_the_push_succeeds_is_pushed_on_arrival() {
         let (mut s, push) = pushing_first_three();
-        for seq in 4..=6 {
-            s.push(write(seq));
-        }
-        let ahead = s.poll(1);
+        let ahead = queue_past_the_push(&mut s, 1);
         s.on_reply(push.id, replied(204, 3), 2);
         assert!(
             s.poll(2).is_empty(),
@@ -1743,10 +1746,7 @@ mod tests {
     #[test]
     fn read_ahead_is_dropped_when_the_push_in_flight_fails() {
         let (mut s, push) = pushing_first_three();
-        for seq in 4..=6 {
-            s.push(write(seq));
-        }
-        let ahead = s.poll(1);
+        let ahead = queue_past_the_push(&mut s, 1);
         assert_eq!(
             s.on_log(ahead[0].id, Some(200), log_body(H, 4, 6), 2),
             Ok(None)
@@ -1769,10 +1769,7 @@ mod tests {
     #[test]
     fn read_ahead_answered_after_the_push_failed_is_stale() {
         let (mut s, push) = pushing_first_three();
-        for seq in 4..=6 {
-            s.push(write(seq));
-        }
-        let ahead = s.poll(1);
+        let ahead = queue_past_the_push(&mut s, 1);
         s.on_reply(push.id, Outcome::NoReply, 2);
         assert_eq!(
             s.on_log(ahead[0].id, Some(200), log_body(H, 4, 6), 3),
@@ -1784,10 +1781,7 @@ mod tests {
     #[test]
     fn read_ahead_is_dropped_when_the_push_in_flight_times_out() {
         let (mut s, _push) = pushing_first_three();
-        for seq in 4..=6 {
-            s.push(write(seq));
-        }
-        let ahead = s.poll(TIMEOUT);
+        let ahead = queue_past_the_push(&mut s, TIMEOUT);
         assert_eq!(
             s.on_log(ahead[0].id, Some(200), log_body(H, 4, 6), TIMEOUT),
             Ok(None)
@@ -1808,10 +1802,7 @@ mod tests {
     #[test]
     fn reply_showing_only_part_of_the_push_applied_drops_the_read_ahead() {
         let (mut s, push) = pushing_first_three();
-        for seq in 4..=6 {
-            s.push(write(seq));
-        }
-        let ahead = s.poll(1);
+        let ahead = queue_past_the_push(&mut s, 1);
         s.on_log(ahead[0].id, Some(200), log_body(H, 4, 6), 2)
             .unwrap();
         // A 503 from a replica that holds seq 2 only: the read-ahead batch
@@ -1827,10 +1818,7 @@ mod tests {
     #[test]
     fn read_ahead_overtaken_by_other_workers_is_not_pushed() {
         let (mut s, push) = pushing_first_three();
-        for seq in 4..=6 {
-            s.push(write(seq));
-        }
-        let ahead = s.poll(1);
+        let ahead = queue_past_the_push(&mut s, 1);
         s.on_log(ahead[0].id, Some(200), log_body(H, 4, 6), 2)
             .unwrap();
         // The replica already holds seq 9: other workers delivered the rest.
@@ -1845,10 +1833,7 @@ mod tests {
     #[test]
     fn unusable_read_ahead_falls_back_to_one_write_at_a_time_after_the_push() {
         let (mut s, push) = pushing_first_three();
-        for seq in 4..=6 {
-            s.push(write(seq));
-        }
-        let ahead = s.poll(1);
+        let ahead = queue_past_the_push(&mut s, 1);
         assert_eq!(
             s.on_log(
                 ahead[0].id,
@@ -1873,20 +1858,14 @@ mod tests {
     #[test]
     fn read_ahead_of_another_history_is_not_kept() {
         let (mut s, _push) = pushing_first_three();
-        for seq in 4..=6 {
-            s.push(write(seq));
-        }
-        let ahead = s.poll(1);
+        let ahead = queue_past_the_push(&mut s, 1);
         assert!(matches!(
             s.on_log(ahead[0].id, Some(200), log_body(OTHER_HISTORY, 4, 6), 2),
             Err(Event::BatchUnavailable { .. })
         ));
         // Starting elsewhere than asked is refused too.
         let (mut s, _push) = pushing_first_three();
-        for seq in 4..=6 {
-            s.push(write(seq));
-        }
-        let ahead = s.poll(1);
+        let ahead = queue_past_the_push(&mut s, 1);
         assert!(matches!(
             s.on_log(ahead[0].id, Some(200), log_body(H, 5, 6), 2),
             Err(Event::BatchUnavailable { .. })
@@ -1896,10 +1875,7 @@ mod tests {
     #[test]
     fn lost_read_ahead_is_given_up_without_failing_the_push() {
         let (mut s, push) = pushing_first_three();
-        for seq in 4..=6 {
-            s.push(write(seq));
-        }
-        let ahead = s.poll(1);
+        let ahead = queue_past_the_push(&mut s, 1);
         let late = 1 + TIMEOUT + LOST_REPLY_GRACE_MS;
         // The push is overdue too by then; answer it just before.
         assert!(matches!(
@@ -1923,10 +1899,7 @@ mod tests {
     #[test]
     fn overdue_read_ahead_is_given_up_like_a_lost_log_read() {
         let (mut s, push) = pushing_first_three();
-        for seq in 4..=6 {
-            s.push(write(seq));
-        }
-        let ahead = s.poll(500);
+        let ahead = queue_past_the_push(&mut s, 500);
         let events = s.expire(500 + TIMEOUT + LOST_REPLY_GRACE_MS);
         assert_eq!(events.len(), 2, "{events:?}");
         assert!(matches!(
@@ -1944,10 +1917,7 @@ mod tests {
     #[test]
     fn undispatched_read_ahead_is_dropped_at_once() {
         let (mut s, push) = pushing_first_three();
-        for seq in 4..=6 {
-            s.push(write(seq));
-        }
-        let ahead = s.poll(1);
+        let ahead = queue_past_the_push(&mut s, 1);
         // What the root reports when the read could not be dispatched.
         assert!(matches!(
             s.on_reply(ahead[0].id, Outcome::NoReply, 1),
